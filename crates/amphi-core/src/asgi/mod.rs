@@ -1,0 +1,263 @@
+//! The async (ASGI-like) side: handlers called with a scope, `receive` and `send`.
+
+mod body;
+mod channel;
+mod event;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use body::AsyncBody;
+pub use channel::{EventSource, MessageSink, Receiver, Sender};
+pub use event::{Event, Message, WebSocketData};
+
+use crate::{Error, Scope};
+
+/// A boxed, sendable future: what [`AsyncHandler::call`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An async (ASGI-like) handler: `call(scope, receive, send)`.
+///
+/// The server calls it once per request (an [`Scope::Http`]), once per websocket session, and
+/// once for the app's lifespan. The handler reads [`Event`]s from `receive` and answers with
+/// [`Message`]s through `send`; [`Sender`] checks the order of messages and returns
+/// [`ErrorKind::Protocol`](crate::ErrorKind::Protocol) errors for misuse.
+///
+/// The trait is object-safe (a router holds `Arc<dyn AsyncHandler>`) and `call` takes `&self`,
+/// so one handler serves many requests at once. Each call costs one boxed future.
+/// Most handlers are easier to write with [`async_fn`] (request in, response out) or
+/// [`asgi_fn`] (the raw protocol from a closure).
+///
+/// # Errors
+///
+/// An `Err` from the future is logged by the server; if the response had not started the
+/// client gets a 500, otherwise the connection is cut.
+///
+/// # Cancellation
+///
+/// When the client goes away the server may drop the future at any await point, or deliver
+/// [`Event::Disconnect`]; the request context's token flips either way.
+///
+/// # Examples
+///
+/// ```
+/// use amphi_core::{AsyncHandler, BoxFuture, Error, Message, Receiver, Scope, Sender};
+/// use http::{HeaderMap, StatusCode};
+///
+/// struct Hello;
+///
+/// impl AsyncHandler for Hello {
+///     fn call(&self, scope: Scope, _receive: Receiver, mut send: Sender) -> BoxFuture<'_, Result<(), Error>> {
+///         Box::pin(async move {
+///             let Scope::Http(_) = scope else { return Ok(()) };
+///             send.send(Message::start(StatusCode::OK, HeaderMap::new())).await?;
+///             send.send(Message::body("hello", false)).await
+///         })
+///     }
+/// }
+///
+/// # futures_executor::block_on(async {
+/// let resp = amphi_core::testing::call(&std::sync::Arc::new(Hello), http::Request::get("/").body(Default::default()).unwrap()).await.unwrap();
+/// assert_eq!(resp.body, "hello");
+/// # });
+/// ```
+pub trait AsyncHandler: Send + Sync + 'static {
+    /// Serves one scope.
+    fn call(
+        &self,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'_, Result<(), Error>>;
+}
+
+impl<H: AsyncHandler + ?Sized> AsyncHandler for Arc<H> {
+    fn call(
+        &self,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        (**self).call(scope, receive, send)
+    }
+}
+
+impl<H: AsyncHandler + ?Sized> AsyncHandler for Box<H> {
+    fn call(
+        &self,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        (**self).call(scope, receive, send)
+    }
+}
+
+/// The request an [`async_fn`] handler gets: the request head, with the body streamed from
+/// `receive`. Its extensions hold the [`RequestInfo`](crate::RequestInfo), the request
+/// [`Context`](crate::Context) and the app [`State`](crate::State).
+pub type AsyncRequest = http::Request<AsyncBody>;
+
+/// The response an [`async_fn`] handler returns; a streamed body is sent chunk by chunk.
+pub type AsyncResponse = http::Response<AsyncBody>;
+
+/// An [`AsyncHandler`] made from a request -> response closure; see [`async_fn`].
+#[derive(Clone)]
+pub struct AsyncFn<F> {
+    f: F,
+}
+
+/// Makes an [`AsyncHandler`] from an async closure taking an [`AsyncRequest`] and returning an
+/// [`AsyncResponse`]. The sugar drives the event protocol: the request body streams in from
+/// `receive` as the closure reads it, and the response body streams out through `send`.
+///
+/// Lifespan events are acknowledged; websocket sessions are denied (closed before accept).
+///
+/// # Examples
+///
+/// ```
+/// use amphi_core::{async_fn, AsyncBody, AsyncRequest};
+///
+/// let echo = async_fn(|req: AsyncRequest| async move {
+///     let body = req.into_body().to_bytes().await.unwrap_or_default();
+///     http::Response::new(AsyncBody::from(body))
+/// });
+///
+/// # futures_executor::block_on(async {
+/// let req = http::Request::post("/echo").body(bytes::Bytes::from("ping")).unwrap();
+/// let resp = amphi_core::testing::call(&std::sync::Arc::new(echo), req).await.unwrap();
+/// assert_eq!(resp.body, "ping");
+/// # });
+/// ```
+pub fn async_fn<F, Fut>(f: F) -> AsyncFn<F>
+where
+    F: Fn(AsyncRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = AsyncResponse> + Send + 'static,
+{
+    AsyncFn { f }
+}
+
+impl<F, Fut> AsyncHandler for AsyncFn<F>
+where
+    F: Fn(AsyncRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = AsyncResponse> + Send + 'static,
+{
+    fn call(
+        &self,
+        scope: Scope,
+        receive: Receiver,
+        mut send: Sender,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        let scope = match scope {
+            Scope::Http(s) => s,
+            Scope::Lifespan(_) => return Box::pin(acknowledge_lifespan(receive, send)),
+            Scope::WebSocket(_) => {
+                return Box::pin(async move {
+                    send.send(Message::WebSocketClose {
+                        code: 1000,
+                        reason: String::new(),
+                    })
+                    .await
+                })
+            }
+        };
+        let (mut parts, info, context, state) = scope.into_parts();
+        parts.extensions.insert(info);
+        parts.extensions.insert(context);
+        parts.extensions.insert(state);
+        let fut = (self.f)(http::Request::from_parts(
+            parts,
+            AsyncBody::incoming(receive),
+        ));
+        Box::pin(async move {
+            let (parts, mut body) = fut.await.into_parts();
+            send.send(Message::start(parts.status, parts.headers))
+                .await?;
+            if let Some(len) = body.exact_len() {
+                let bytes = if len == 0 {
+                    bytes::Bytes::new()
+                } else {
+                    body.to_bytes().await?
+                };
+                return send.send(Message::body(bytes, false)).await;
+            }
+            while let Some(chunk) = body.chunk().await? {
+                send.send(Message::body(chunk, true)).await?;
+            }
+            send.send(Message::body(bytes::Bytes::new(), false)).await
+        })
+    }
+}
+
+async fn acknowledge_lifespan(mut receive: Receiver, mut send: Sender) -> Result<(), Error> {
+    loop {
+        match receive.receive().await? {
+            crate::Event::Startup => send.send(Message::StartupComplete).await?,
+            crate::Event::Shutdown => return send.send(Message::ShutdownComplete).await,
+            _ => {}
+        }
+    }
+}
+
+impl<F> fmt::Debug for AsyncFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncFn").finish_non_exhaustive()
+    }
+}
+
+/// An [`AsyncHandler`] made from a `(scope, receive, send)` closure; see [`asgi_fn`].
+#[derive(Clone)]
+pub struct AsgiFn<F> {
+    f: F,
+}
+
+/// Makes an [`AsyncHandler`] from a closure taking the raw `(scope, receive, send)` triple.
+///
+/// # Examples
+///
+/// ```
+/// use amphi_core::{asgi_fn, Message, Scope};
+/// use http::{HeaderMap, StatusCode};
+///
+/// let hello = asgi_fn(|scope, _receive, mut send| async move {
+///     if let Scope::Http(_) = scope {
+///         send.send(Message::start(StatusCode::OK, HeaderMap::new())).await?;
+///         send.send(Message::body("hello", false)).await?;
+///     }
+///     Ok(())
+/// });
+/// # futures_executor::block_on(async {
+/// let resp = amphi_core::testing::call(&std::sync::Arc::new(hello), http::Request::get("/").body(Default::default()).unwrap()).await.unwrap();
+/// assert_eq!(resp.status, 200);
+/// # });
+/// ```
+pub fn asgi_fn<F, Fut>(f: F) -> AsgiFn<F>
+where
+    F: Fn(Scope, Receiver, Sender) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    AsgiFn { f }
+}
+
+impl<F, Fut> AsyncHandler for AsgiFn<F>
+where
+    F: Fn(Scope, Receiver, Sender) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    fn call(
+        &self,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin((self.f)(scope, receive, send))
+    }
+}
+
+impl<F> fmt::Debug for AsgiFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsgiFn").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,46 @@
+//! The core of amphi: both handler traits and the protocol between a server and a handler.
+//!
+//! amphi serves blocking (WSGI-like) and async (ASGI-like) handlers side by side. This crate
+//! holds only what a handler author needs; it has no runtime in its dependency tree
+//! (`http`, `bytes` and `futures-core` only), so a library that writes handlers depends on it
+//! and nothing else.
+//!
+//! - The sync side: [`SyncHandler`], called on a blocking thread with a [`SyncRequest`] whose
+//!   [`BlockingBody`] is read by `std::io::Read`; it returns a [`SyncResponse`] whose
+//!   [`SyncBody`] is bytes, an iterator of chunks or a writer, with cleanup on every path.
+//!   Closures become handlers through [`sync_fn`].
+//! - The async side: [`AsyncHandler`], `call(scope, receive, send)` with [`Scope`]s for http,
+//!   websocket and lifespan, [`Event`]s in and [`Message`]s out, and protocol misuse returned
+//!   as errors by [`Sender`]. Closures become handlers through [`async_fn`] (request in,
+//!   response out) and [`asgi_fn`] (the raw protocol).
+//! - Shared by both: the request [`Context`] (a typed map, asgiref's `Local`), its
+//!   [`CancellationToken`], the app [`State`], [`RequestInfo`] and the [`Error`] type.
+//! - [`testing`]: drive an async handler without a socket.
+//!
+//! Running handlers is the job of the other crates: `amphi-sync-to-async` and
+//! `amphi-async-to-sync` carry work across the boundary, `amphi-server` serves both kinds.
+#![forbid(unsafe_code)]
+
+mod asgi;
+mod cancel;
+mod context;
+mod error;
+mod info;
+mod scope;
+mod state;
+mod sync;
+pub mod testing;
+
+pub use asgi::{
+    asgi_fn, async_fn, AsgiFn, AsyncBody, AsyncFn, AsyncHandler, AsyncRequest, AsyncResponse,
+    BoxFuture, Event, EventSource, Message, MessageSink, Receiver, Sender, WebSocketData,
+};
+pub use cancel::{CancellationToken, Cancelled, DropGuard};
+pub use context::{Context, EnterGuard, Scoped};
+pub use error::{Error, ErrorKind};
+pub use info::RequestInfo;
+pub use scope::{HttpScope, LifespanScope, Scope};
+pub use state::State;
+pub use sync::{
+    sync_fn, BlockingBody, BodyWriter, SyncBody, SyncFn, SyncHandler, SyncRequest, SyncResponse,
+};
