@@ -91,7 +91,10 @@ fn read_all(body: &mut BlockingBody, way: Way) -> (Vec<u8>, Option<ErrorKind>) {
             Err(e) => Some(kind(e)),
         },
     };
-    (got, err.map(|k| k.expect("every body error carries an amphi Error")))
+    (
+        got,
+        err.map(|k| k.expect("every body error carries an amphi Error")),
+    )
 }
 
 proptest! {
