@@ -42,5 +42,6 @@ pub use info::RequestInfo;
 pub use scope::{HttpScope, LifespanScope, Scope};
 pub use state::State;
 pub use sync::{
-    sync_fn, BlockingBody, BodyWriter, SyncBody, SyncFn, SyncHandler, SyncRequest, SyncResponse,
+    sync_fn, BlockingBody, BodyWriter, IntoChunks, SyncBody, SyncFn, SyncHandler, SyncRequest,
+    SyncResponse,
 };

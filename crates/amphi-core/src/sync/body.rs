@@ -154,10 +154,10 @@ impl BlockingBody {
                 self.source = None;
                 return Ok(());
             }
-            let Some(source) = self.source.as_mut() else {
-                return Ok(());
-            };
-            match source.next() {
+            // No source is the same as one that has ended: a declared length still has to
+            // be met.
+            let next = self.source.as_mut().and_then(Iterator::next);
+            match next {
                 Some(Ok(mut chunk)) => {
                     if let Some(len) = self.content_length {
                         let room = len - self.received;
@@ -259,11 +259,52 @@ impl BufRead for BlockingBody {
 }
 
 /// Iterates the body chunk by chunk; see [`BlockingBody::chunk`].
-impl Iterator for BlockingBody {
+///
+/// `BlockingBody` is not itself an `Iterator`: it would make `Read`'s `take`, `bytes`,
+/// `chain` and `by_ref` ambiguous. Loop on [`chunk`](BlockingBody::chunk) to iterate a
+/// borrowed body; turn an owned one into an iterator, e.g. to stream it back out with
+/// [`SyncBody::try_chunks`](crate::SyncBody::try_chunks).
+impl IntoIterator for BlockingBody {
+    type Item = io::Result<Bytes>;
+    type IntoIter = IntoChunks;
+
+    fn into_iter(self) -> IntoChunks {
+        IntoChunks {
+            body: self,
+            errored: false,
+        }
+    }
+}
+
+/// An owned [`BlockingBody`] as an iterator of chunks; see its `IntoIterator` impl.
+///
+/// It yields each chunk as [`BlockingBody::chunk`] would, an error at most once (then it
+/// ends), and nothing after the end.
+#[derive(Debug)]
+pub struct IntoChunks {
+    body: BlockingBody,
+    errored: bool,
+}
+
+impl IntoChunks {
+    /// The body, with whatever was not yet iterated.
+    pub fn into_inner(self) -> BlockingBody {
+        self.body
+    }
+}
+
+impl Iterator for IntoChunks {
     type Item = io::Result<Bytes>;
 
     fn next(&mut self) -> Option<io::Result<Bytes>> {
-        self.chunk().transpose()
+        if self.errored {
+            // The body's errors are sticky; an iterator that repeated one forever would make
+            // `collect` and loops that skip errors spin.
+            return None;
+        }
+        let item = self.body.chunk().transpose();
+        self.errored = matches!(item, Some(Err(_)));
+        item
     }
 }
 

@@ -7,7 +7,7 @@ mod response;
 use std::fmt;
 use std::sync::Arc;
 
-pub use body::BlockingBody;
+pub use body::{BlockingBody, IntoChunks};
 pub use request::SyncRequest;
 pub use response::{BodyWriter, SyncBody, SyncResponse};
 
