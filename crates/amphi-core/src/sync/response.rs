@@ -5,6 +5,8 @@ use std::io::{self, Write};
 
 use bytes::Bytes;
 
+use crate::{Error, ErrorKind};
+
 /// The response a sync handler returns: an `http::Response` whose body is a [`SyncBody`].
 pub type SyncResponse = http::Response<SyncBody>;
 
@@ -100,7 +102,8 @@ impl SyncBody {
 
     /// A body produced by `write`, which is called on a blocking thread once the response
     /// head is on its way and writes through a [`BodyWriter`]. Each `write` call blocks until
-    /// the connection has room for it. If `write` fails, the response is cut.
+    /// the connection has room for it. If `write` fails, or returns `Ok` after a write of it
+    /// failed, the response is cut.
     pub fn writer<F>(write: F) -> SyncBody
     where
         F: FnOnce(&mut BodyWriter<'_>) -> io::Result<()> + Send + 'static,
@@ -177,8 +180,17 @@ impl SyncBody {
                 Ok(())
             }
             Some(Kind::Writer(write)) => {
-                let mut writer = BodyWriter { sink, written: 0 };
-                write(&mut writer)
+                let mut writer = BodyWriter {
+                    sink,
+                    written: 0,
+                    failed: None,
+                };
+                let result = write(&mut writer);
+                // A writer that swallowed a failed write has not produced the whole body.
+                match (result, writer.failed) {
+                    (Ok(()), Some(failed)) => Err(failed.to_io()),
+                    (result, _) => result,
+                }
             }
         }
     }
@@ -257,11 +269,42 @@ impl fmt::Debug for SyncBody {
 /// Writes a streamed response body (WSGI's `write()`); see [`SyncBody::writer`].
 ///
 /// Each `write` sends its bytes at once as one chunk (PEP 3333: blocks must not be delayed);
-/// wrap it in a `std::io::BufWriter` to coalesce small writes. A write blocks while the client
-/// is slower than the producer, and fails with `ConnectionAborted` once the client is gone.
+/// wrap it in a `std::io::BufWriter` to coalesce small writes (`write!` makes one write per
+/// piece of the format string). A write blocks while the client is slower than the producer,
+/// and fails with `ConnectionAborted` once the client is gone.
+///
+/// A failure is sticky: every later write fails the same way without touching the
+/// connection, and the body counts as failed even if the writer function ignores the error
+/// and returns `Ok`.
 pub struct BodyWriter<'a> {
     sink: &'a mut dyn FnMut(Bytes) -> io::Result<()>,
     written: u64,
+    failed: Option<Failure>,
+}
+
+/// What is kept of a failed write, to fail later writes the same way (`io::Error` is not
+/// `Clone`).
+#[derive(Debug, Clone, Copy)]
+struct Failure {
+    io: io::ErrorKind,
+    amphi: Option<ErrorKind>,
+}
+
+impl Failure {
+    fn of(err: &io::Error) -> Failure {
+        Failure {
+            io: err.kind(),
+            amphi: Error::from_io(err).map(Error::kind),
+        }
+    }
+
+    fn to_io(self) -> io::Error {
+        const MESSAGE: &str = "an earlier write of the response body failed";
+        match self.amphi {
+            Some(kind) => Error::new(kind).with_message(MESSAGE).into_io(),
+            None => io::Error::new(self.io, MESSAGE),
+        }
+    }
 }
 
 impl BodyWriter<'_> {
@@ -269,16 +312,28 @@ impl BodyWriter<'_> {
     ///
     /// # Errors
     ///
-    /// When the client is gone.
+    /// When the client is gone, or an earlier write failed.
     pub fn send(&mut self, bytes: Bytes) -> io::Result<()> {
+        if let Some(failed) = self.failed {
+            return Err(failed.to_io());
+        }
         if bytes.is_empty() {
             return Ok(());
         }
-        self.written += bytes.len() as u64;
-        (self.sink)(bytes)
+        let len = bytes.len() as u64;
+        match (self.sink)(bytes) {
+            Ok(()) => {
+                self.written += len;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = Some(Failure::of(&e));
+                Err(e)
+            }
+        }
     }
 
-    /// Bytes written so far.
+    /// Bytes the connection has taken so far.
     pub fn written(&self) -> u64 {
         self.written
     }
