@@ -231,18 +231,18 @@ impl Sender {
             }
             (S::LifespanRunning, M::StartupComplete | M::StartupFailed { .. }) => {
                 return Err(Error::protocol(format!(
-                    "{} sent a second time",
+                    "{} sent after lifespan.startup.complete",
                     message.type_name()
                 )))
             }
             (state, m) => {
                 let scope = match state {
-                    S::HttpIdle | S::HttpBody { .. } | S::HttpTrailers => "http",
-                    S::WsConnecting | S::WsOpen => "websocket",
-                    _ => "lifespan",
+                    S::HttpIdle | S::HttpBody { .. } | S::HttpTrailers => "an http",
+                    S::WsConnecting | S::WsOpen => "a websocket",
+                    _ => "a lifespan",
                 };
                 return Err(Error::protocol(format!(
-                    "{} does not belong to a {scope} scope",
+                    "{} does not belong to {scope} scope",
                     m.type_name()
                 )));
             }
