@@ -1,0 +1,373 @@
+//! `SyncToAsync`: serve a blocking handler as an async one.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use amphi_core::{
+    AsyncHandler, BlockingBody, BoxFuture, DropGuard, Error, ErrorKind, Event, HttpScope, Message,
+    Receiver, Scope, Sender, SyncHandler, SyncRequest,
+};
+use bytes::Bytes;
+
+use crate::exchange::{Exchange, Out, Outcome};
+use crate::pool::BlockingPool;
+
+/// Serves a [`SyncHandler`] as an [`AsyncHandler`]: each request runs the blocking handler on
+/// tokio's blocking pool, with its body streamed in and its response streamed out.
+///
+/// This is asgiref's `WsgiToAsgi` without its flaws: the request body is not buffered whole
+/// (the handler's [`BlockingBody`] reads chunks as `receive` delivers them, a few chunks
+/// ahead at most), the response body streams back with backpressure (the producer blocks
+/// while the connection is slower), and the body's cleanup always runs.
+///
+/// # Scopes
+///
+/// - `http`: served as described.
+/// - `websocket`: denied (closed before accept; a server answers 403).
+/// - `lifespan`: returns at once without sending anything, which tells the server this app
+///   takes no lifespan events.
+///
+/// # Errors
+///
+/// The future returns `Err` *without sending anything* when the response has not started:
+///
+/// - [`ErrorKind::Saturated`]: the pool had no free slot within its queue timeout; the
+///   handler did not run (a server answers 503 with `Retry-After`).
+/// - [`ErrorKind::Panicked`]: the handler panicked, with the panic's message (500).
+/// - [`ErrorKind::BodyTooLarge`]: a body read failed because the body passed the server's
+///   limit and the handler had not started its response; the handler's own response is
+///   dropped (its cleanup runs) and the server answers 413.
+///
+/// Once the response has started, a panic or error of the body producer, or a client that is
+/// gone, is returned as `Err` and the server cuts the connection.
+///
+/// # Cancellation
+///
+/// When the future is dropped (the client went away), the request's cancellation token
+/// ([`SyncRequest::cancellation`], a child of the scope context's token) flips, body reads
+/// fail with [`ErrorKind::Disconnected`], and body writes fail, so the producer stops and its
+/// cleanup runs. The blocking call itself cannot be aborted; its pool slot comes back when
+/// it returns.
+///
+/// # Examples
+///
+/// ```
+/// use amphi_core::{sync_fn, SyncBody, SyncRequest};
+/// use amphi_sync_to_async::{BlockingPool, SyncToAsync};
+/// use std::io::Read;
+/// use std::sync::Arc;
+///
+/// let upper = sync_fn(|mut req: SyncRequest| {
+///     let mut text = String::new();
+///     req.body_mut().read_to_string(&mut text).unwrap();
+///     http::Response::new(SyncBody::from(text.to_uppercase()))
+/// });
+/// let app = Arc::new(SyncToAsync::new(upper).with_pool(BlockingPool::new(64)));
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let req = http::Request::post("/").body(bytes::Bytes::from("shout")).unwrap();
+/// let resp = amphi_core::testing::call(&app, req).await.unwrap();
+/// assert_eq!(resp.body, "SHOUT");
+/// # }
+/// ```
+pub struct SyncToAsync<H> {
+    handler: Arc<H>,
+    pool: Option<BlockingPool>,
+}
+
+impl<H: SyncHandler> SyncToAsync<H> {
+    /// Wraps `handler`; requests are not counted against any pool until
+    /// [`with_pool`](SyncToAsync::with_pool).
+    pub fn new(handler: H) -> SyncToAsync<H> {
+        SyncToAsync {
+            handler: Arc::new(handler),
+            pool: None,
+        }
+    }
+
+    /// Counts each request against `pool`: one slot per request, held until the handler has
+    /// returned and its response body is fully produced.
+    #[must_use]
+    pub fn with_pool(mut self, pool: BlockingPool) -> SyncToAsync<H> {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The pool requests are counted against, if any.
+    pub fn pool(&self) -> Option<&BlockingPool> {
+        self.pool.as_ref()
+    }
+
+    /// The wrapped handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+}
+
+impl<H> Clone for SyncToAsync<H> {
+    fn clone(&self) -> Self {
+        SyncToAsync {
+            handler: self.handler.clone(),
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<H> fmt::Debug for SyncToAsync<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncToAsync")
+            .field("handler", &std::any::type_name::<H>())
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl<H: SyncHandler> AsyncHandler for SyncToAsync<H> {
+    fn call(
+        &self,
+        scope: Scope,
+        receive: Receiver,
+        mut send: Sender,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        match scope {
+            Scope::Http(scope) => Box::pin(serve(
+                self.handler.clone(),
+                self.pool.clone(),
+                scope,
+                receive,
+                send,
+            )),
+            Scope::WebSocket(_) => Box::pin(async move {
+                send.send(Message::WebSocketClose {
+                    code: 1000,
+                    reason: String::new(),
+                })
+                .await
+            }),
+            // Returning without a message: this app takes no lifespan events (ASGI's rule).
+            _ => Box::pin(async { Ok(()) }),
+        }
+    }
+}
+
+async fn serve<H: SyncHandler>(
+    handler: Arc<H>,
+    pool: Option<BlockingPool>,
+    scope: HttpScope,
+    receive: Receiver,
+    send: Sender,
+) -> Result<(), Error> {
+    let context = scope.context().child();
+    let cancel = context.token().clone().drop_guard();
+    let slot = match &pool {
+        Some(pool) => Some(pool.acquire().await?),
+        None => None,
+    };
+    let exchange = Exchange::new();
+    let content_length = content_length(scope.headers());
+    let scope = scope.with_context(context.clone());
+    let span = tracing::Span::current();
+    let blocking = {
+        let exchange = exchange.clone();
+        move || {
+            let _slot = slot;
+            let done = Abandon(Some(exchange.clone()));
+            let _context = context.enter();
+            let _span = span.enter();
+            let outcome = run_handler(&*handler, scope, content_length, &exchange, &context);
+            done.finish(outcome);
+        }
+    };
+    // The join handle is not needed: the outcome comes back through the exchange, and the
+    // closure reports even a drop-before-run (runtime shutdown) there.
+    drop(tokio::task::spawn_blocking(blocking));
+    Drive {
+        exchange,
+        receive,
+        send,
+        body_done: false,
+        pending: None,
+        then: None,
+        finished: false,
+        cancel: Some(cancel),
+    }
+    .await
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Runs on the blocking thread: calls the handler and produces its response.
+fn run_handler<H: SyncHandler + ?Sized>(
+    handler: &H,
+    scope: HttpScope,
+    content_length: Option<u64>,
+    exchange: &Arc<Exchange>,
+    context: &amphi_core::Context,
+) -> Result<Outcome, Error> {
+    let reader = exchange.clone();
+    let token = context.token().clone();
+    let mut body = BlockingBody::from_chunks(std::iter::from_fn(move || reader.next_body(&token)));
+    if let Some(len) = content_length {
+        body = body.with_content_length(len);
+    }
+    let request = SyncRequest::from_scope(scope, body);
+    let response = catch_unwind(AssertUnwindSafe(|| handler.call(request)))
+        .map_err(|p| Error::from_panic(&*p))?;
+    if exchange.saw_too_large() {
+        // The handler's answer to a body it could not read whole is replaced by the server's
+        // 413; dropping the response here runs its body's cleanup.
+        drop(response);
+        return Err(Error::new(ErrorKind::BodyTooLarge)
+            .with_message("the request body passed the limit while the handler read it"));
+    }
+    let (parts, body) = response.into_parts();
+    match body.try_into_bytes() {
+        Ok(bytes) => Ok(Outcome::Full(parts, bytes)),
+        Err(body) => {
+            exchange.push_out(Out::Head(parts)).map_err(Error::from)?;
+            let written = catch_unwind(AssertUnwindSafe(|| {
+                body.write_to(&mut |chunk| exchange.push_out(Out::Chunk(chunk)))
+            }));
+            match written {
+                Ok(Ok(())) => Ok(Outcome::Streamed),
+                Ok(Err(e)) => Err(Error::from(e)),
+                Err(p) => Err(Error::from_panic(&*p)),
+            }
+        }
+    }
+}
+
+/// Reports the blocking side's end to the exchange, even when the closure is dropped unrun.
+struct Abandon(Option<Arc<Exchange>>);
+
+impl Abandon {
+    fn finish(mut self, outcome: Result<Outcome, Error>) {
+        if let Some(x) = self.0.take() {
+            x.finish(outcome);
+        }
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(x) = self.0.take() {
+            x.abandon();
+        }
+    }
+}
+
+/// The async side of one request: pumps `receive` into the body queue and the response
+/// queue into `send`, both at once (a handler may stream its response while it reads).
+struct Drive {
+    exchange: Arc<Exchange>,
+    receive: Receiver,
+    send: Sender,
+    body_done: bool,
+    /// A message waiting for the connection to take it.
+    pending: Option<Message>,
+    /// The message to send after `pending`, for a full response.
+    then: Option<Message>,
+    /// The blocking side's outcome has been taken.
+    finished: bool,
+    cancel: Option<DropGuard>,
+}
+
+impl Drive {
+    fn pump_body(&mut self, cx: &mut TaskContext<'_>) {
+        while !self.body_done && self.exchange.body_has_room(cx.waker()) {
+            let Poll::Ready(event) = self.receive.poll_receive(cx) else {
+                return;
+            };
+            let (item, last) = match event {
+                Ok(Event::Request { body, more_body }) => {
+                    ((!body.is_empty()).then_some(Ok(body)), !more_body)
+                }
+                Ok(Event::Disconnect) => (
+                    Some(Err(Error::new(ErrorKind::Disconnected)
+                        .with_message("client went away before the body ended"))),
+                    true,
+                ),
+                Ok(other) => (
+                    Some(Err(Error::protocol(format!(
+                        "{} received while reading an http body",
+                        other.type_name()
+                    )))),
+                    true,
+                ),
+                Err(e) => (Some(Err(e)), true),
+            };
+            self.body_done = last;
+            self.exchange.push_body(item, last);
+        }
+    }
+
+    fn poll_drive(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        self.pump_body(cx);
+        loop {
+            if self.pending.is_some() {
+                std::task::ready!(self.send.poll_send(cx, &mut self.pending))?;
+                self.pending = self.then.take();
+                continue;
+            }
+            if self.finished {
+                return Poll::Ready(Ok(()));
+            }
+            match self.exchange.take_out(cx.waker()) {
+                None => return Poll::Pending,
+                Some(Ok(Out::Head(parts))) => {
+                    self.pending = Some(Message::start(parts.status, parts.headers));
+                }
+                Some(Ok(Out::Chunk(chunk))) => self.pending = Some(Message::body(chunk, true)),
+                Some(Err(outcome)) => {
+                    self.finished = true;
+                    match outcome? {
+                        Outcome::Full(parts, bytes) => {
+                            self.pending = Some(Message::start(parts.status, parts.headers));
+                            self.then = Some(Message::body(bytes, false));
+                        }
+                        Outcome::Streamed => {
+                            self.pending = Some(Message::body(Bytes::new(), false))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Future for Drive {
+    type Output = Result<(), Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let result = std::task::ready!(this.poll_drive(cx));
+        if this.finished {
+            // The blocking side is done with the token: it must not flip when we are dropped.
+            if let Some(guard) = this.cancel.take() {
+                guard.disarm();
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for Drive {
+    fn drop(&mut self) {
+        self.exchange.close_async();
+    }
+}

@@ -1,0 +1,157 @@
+//! The bounded pool: a cap on blocking work in flight and a bounded wait for a slot.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amphi_core::{Error, ErrorKind};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long a call waits for a free slot when none is given with
+/// [`BlockingPool::with_queue_timeout`]: 5 seconds.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A cap on blocking work in flight, shared by every call that uses it.
+///
+/// Each call made through the pool ([`sync_to_async(f).pool(&pool)`](crate::sync_to_async),
+/// or one request of a [`SyncToAsync`](crate::SyncToAsync) handler) holds one *slot* while its
+/// blocking work runs. When every slot is taken, a new call waits up to the queue timeout
+/// ([`DEFAULT_QUEUE_TIMEOUT`] unless set) for one to come free, then fails with
+/// [`ErrorKind::Saturated`] (a server answers 503 with `Retry-After`). The cap counts
+/// *requests*, not connections: an idle keep-alive connection holds no slot.
+///
+/// Clones share the slots; [`with_queue_timeout`](BlockingPool::with_queue_timeout) returns a
+/// handle to the same slots with another wait.
+///
+/// # When a slot comes back
+///
+/// A slot is released when the blocking work has *actually finished*: returned, panicked, or,
+/// for a handler, finished producing its response body. Dropping the awaiting future (the
+/// client went away) does not release it at once, because blocking code cannot be aborted
+/// (tokio's `spawn_blocking` says the same): the slot stays taken until the closure returns,
+/// so [`in_flight`](BlockingPool::in_flight) never undercounts the threads really busy. A
+/// handler whose caller went away sees its cancellation token flip and its body reads and
+/// writes fail, so well-behaved code ends soon after. A call that is still *waiting* for a slot
+/// when it is dropped takes none.
+///
+/// The pool limits work in flight; it does not own threads. The work runs on tokio's blocking
+/// pool (or a thread-sensitive context's thread), whose own thread cap (`max_blocking_threads`,
+/// 512 by default) should be at least the pool's limit.
+///
+/// # Runtime
+///
+/// Waiting for a slot uses `tokio::time`, so the runtime needs its timer enabled
+/// (`enable_time`/`enable_all`, which `#[tokio::main]` does) when the pool is full.
+///
+/// # Examples
+///
+/// ```
+/// use amphi_sync_to_async::{sync_to_async, BlockingPool};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let pool = BlockingPool::new(2).with_queue_timeout(Duration::from_millis(100));
+/// let n = sync_to_async(|| 6 * 7).pool(&pool).await.unwrap();
+/// assert_eq!(n, 42);
+/// assert_eq!(pool.in_flight(), 0);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct BlockingPool {
+    semaphore: Arc<Semaphore>,
+    limit: usize,
+    queue_timeout: Duration,
+}
+
+/// One taken slot of a [`BlockingPool`]; released when dropped.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl BlockingPool {
+    /// A pool that lets at most `max_in_flight` blocking calls run at once, with the
+    /// [`DEFAULT_QUEUE_TIMEOUT`].
+    ///
+    /// # Panics
+    ///
+    /// If `max_in_flight` is 0 (no call could ever run) or larger than tokio's semaphore
+    /// allows (`usize::MAX >> 3`).
+    pub fn new(max_in_flight: usize) -> BlockingPool {
+        assert!(
+            max_in_flight > 0,
+            "BlockingPool::new(0): a pool needs at least one slot"
+        );
+        assert!(
+            max_in_flight <= Semaphore::MAX_PERMITS,
+            "BlockingPool::new({max_in_flight}): more slots than tokio's semaphore can count"
+        );
+        BlockingPool {
+            semaphore: Arc::new(Semaphore::new(max_in_flight)),
+            limit: max_in_flight,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+        }
+    }
+
+    /// A handle to the same slots whose calls wait at most `timeout` for a free slot before
+    /// failing with [`ErrorKind::Saturated`]. `Duration::ZERO` fails at once when the pool is
+    /// full.
+    #[must_use]
+    pub fn with_queue_timeout(mut self, timeout: Duration) -> BlockingPool {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// The most calls that run at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// How long a call waits for a slot.
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout
+    }
+
+    /// Slots taken right now: calls whose blocking work has not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.limit - self.semaphore.available_permits()
+    }
+
+    /// Takes a slot, waiting up to the queue timeout.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future while it waits takes no slot.
+    pub(crate) async fn acquire(&self) -> Result<Slot, Error> {
+        // The fast path takes no timer: most calls find a slot free.
+        if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
+            return Ok(Slot { _permit: permit });
+        }
+        let waited = if self.queue_timeout.is_zero() {
+            None
+        } else {
+            tokio::time::timeout(self.queue_timeout, self.semaphore.clone().acquire_owned())
+                .await
+                .ok()
+        };
+        match waited {
+            Some(Ok(permit)) => Ok(Slot { _permit: permit }),
+            // The semaphore is never closed, so an acquire error cannot happen; report it as
+            // saturation rather than panicking if that ever changes.
+            Some(Err(_)) | None => Err(Error::new(ErrorKind::Saturated).with_message(format!(
+                "all {} blocking slots busy for {:?}",
+                self.limit, self.queue_timeout
+            ))),
+        }
+    }
+}
+
+impl fmt::Debug for BlockingPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingPool")
+            .field("limit", &self.limit)
+            .field("in_flight", &self.in_flight())
+            .field("queue_timeout", &self.queue_timeout)
+            .finish()
+    }
+}
