@@ -242,16 +242,29 @@ impl Communicator {
     ///
     /// # Errors
     ///
-    /// The handler's error.
+    /// The handler's error; a later call returns a copy of its kind and message, without the
+    /// source.
     pub async fn wait(&mut self) -> Result<(), Error> {
         if let Some(app) = self.app.as_mut() {
             let result = app.await;
             self.result = Some(result);
             self.app = None;
         }
-        match self.result.as_ref().expect("the handler has finished") {
-            Ok(()) => Ok(()),
-            Err(e) => Err(Error::new(e.kind()).with_message(e.to_string())),
+        match self.result.take().expect("the handler has finished") {
+            Ok(()) => {
+                self.result = Some(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                // `Error` is not `Clone`: the first caller gets the handler's error as it was
+                // (source included), later callers a copy of its kind and message.
+                let mut copy = Error::new(e.kind());
+                if let Some(m) = e.message() {
+                    copy = copy.with_message(m);
+                }
+                self.result = Some(Err(copy));
+                Err(e)
+            }
         }
     }
 

@@ -196,6 +196,9 @@ async fn acknowledge_lifespan(mut receive: Receiver, mut send: Sender) -> Result
         match receive.receive().await? {
             crate::Event::Startup => send.send(Message::StartupComplete).await?,
             crate::Event::Shutdown => return send.send(Message::ShutdownComplete).await,
+            // The server went away without a shutdown; a source keeps yielding this, so
+            // looping on it would spin.
+            crate::Event::Disconnect => return Ok(()),
             _ => {}
         }
     }
