@@ -1,0 +1,103 @@
+//! The access log: one `tracing` event per request, target `amphi::access`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, StatusCode, Uri, Version};
+
+use crate::router::HandlerKind;
+use crate::service::App;
+
+/// How a request ended, as the access log says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Still running (the record is dropped in this state when the request is abandoned).
+    Running,
+    /// The response was handed over completely.
+    Complete,
+    /// The response was cut after it started (handler error or panic).
+    Cut,
+}
+
+/// What the access log line for one request says; logged when dropped, on every path.
+pub(crate) struct AccessRecord {
+    app: Arc<App>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    kind: HandlerKind,
+    started: Instant,
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) bytes: u64,
+    pub(crate) outcome: Outcome,
+}
+
+impl AccessRecord {
+    pub(crate) fn new(
+        app: Arc<App>,
+        method: Method,
+        uri: Uri,
+        version: Version,
+        kind: HandlerKind,
+    ) -> AccessRecord {
+        app.in_flight.fetch_add(1, Ordering::Relaxed);
+        AccessRecord {
+            app,
+            method,
+            uri,
+            version,
+            kind,
+            started: Instant::now(),
+            status: None,
+            bytes: 0,
+            outcome: Outcome::Running,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    pub(crate) fn is_head(&self) -> bool {
+        self.method == Method::HEAD
+    }
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let status = self.status.map_or(0, |s| s.as_u16());
+        let duration_us = self.started.elapsed().as_micros() as u64;
+        let method = self.method.as_str();
+        let path = self.uri.path();
+        let kind = self.kind.as_str();
+        let version = match self.version {
+            Version::HTTP_2 => "2",
+            Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        };
+        match self.outcome {
+            Outcome::Complete => tracing::info!(
+                target: "amphi::access",
+                method, path, status, bytes = self.bytes, duration_us, kind, version,
+                outcome = "complete"
+            ),
+            Outcome::Cut => tracing::warn!(
+                target: "amphi::access",
+                method, path, status, bytes = self.bytes, duration_us, kind, version,
+                outcome = "cut"
+            ),
+            Outcome::Running if self.app.cutting.load(Ordering::Relaxed) => tracing::warn!(
+                target: "amphi::access",
+                method, path, status, bytes = self.bytes, duration_us, kind, version,
+                outcome = "cut at shutdown"
+            ),
+            Outcome::Running => tracing::info!(
+                target: "amphi::access",
+                method, path, status, bytes = self.bytes, duration_us, kind, version,
+                outcome = "client gone"
+            ),
+        }
+    }
+}

@@ -1,0 +1,690 @@
+//! The server: its settings, the accept loop, graceful shutdown and the handle to stop it.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use amphi_core::{AsyncHandler, CancellationToken, State};
+use amphi_sync_to_async::BlockingPool;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, ToSocketAddrs, UnixListener};
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::lifespan::Lifespans;
+use crate::service::{App, ConnService};
+use crate::{Router, ServeError};
+
+/// The default limit on blocking work in flight: [`Server::blocking_threads`].
+pub const DEFAULT_BLOCKING_THREADS: usize = 64;
+/// The default wait for a blocking slot: [`Server::queue_timeout`].
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default request body limit: [`Server::max_body_bytes`].
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// The default header-read timeout: [`Server::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default limit on the number of request headers: [`Server::max_headers`].
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// The default limit on the size of a request head: [`Server::max_header_bytes`].
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The default limit on open connections: [`Server::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The default drain deadline at shutdown: [`Server::grace_period`].
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// A server for one [`Router`]: HTTP/1.1 and HTTP/2 (h2c with prior knowledge) on one port,
+/// over TCP or a unix socket, with the limits a production gateway needs.
+///
+/// `Server::new(router)` takes the defaults; each setter documents its default and what a
+/// client sees when the limit is hit. [`bind`](Server::bind) runs lifespan startup, then
+/// listens and serves in the background, returning a [`Serving`] handle.
+///
+/// # Limits and failures
+///
+/// | what | what the client sees |
+/// |---|---|
+/// | a request head not complete within [`header_read_timeout`](Server::header_read_timeout) (slowloris), or no first request on a new connection within it | the connection is closed |
+/// | more than [`max_headers`](Server::max_headers) headers, or a head over [`max_header_bytes`](Server::max_header_bytes) | `431 Request Header Fields Too Large` |
+/// | a body over [`max_body_bytes`](Server::max_body_bytes), by its `Content-Length` | `413` before the handler is called |
+/// | a chunked body passing the limit | the handler's reads fail; `413` if its response has not started, else the connection is cut |
+/// | every blocking slot busy for [`queue_timeout`](Server::queue_timeout) | `503` with `Retry-After: 1` (sync handlers only) |
+/// | a handler panic | `500` if the response has not started, else the connection is cut; the server carries on |
+/// | a handler breaking the protocol (no response, a body cut short) | `500` (or a cut connection) and an error log line |
+/// | [`max_connections`](Server::max_connections) open | new connections wait in the listen backlog |
+///
+/// # Shutdown
+///
+/// On [`ShutdownHandle::shutdown`] (or a signal, with [`Serving::run_until`] and
+/// [`shutdown_signal`](crate::shutdown_signal)): the listener closes at once, idle keep-alive
+/// connections are closed, in-flight requests of both kinds run to completion and their
+/// connections close after them (HTTP/2 gets a GOAWAY), for up to
+/// [`grace_period`](Server::grace_period). Connections still open then are cut: their handlers
+/// are dropped and their requests' cancellation tokens flip, and each cut request is logged.
+/// Blocking work cannot be aborted: a sync handler that ignores its token keeps its thread
+/// until it returns. Then handlers get `lifespan.shutdown`, and the server's future returns
+/// `Ok`.
+///
+/// # Examples
+///
+/// ```
+/// use amphi_core::{async_fn, AsyncBody};
+/// use amphi_server::{Router, Server};
+/// use std::time::Duration;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let router = Router::new().mount_async(
+///     "/",
+///     async_fn(|_req| async { http::Response::new(AsyncBody::from("hello")) }),
+/// );
+/// let serving = Server::new(router)
+///     .max_body_bytes(1024 * 1024)
+///     .grace_period(Duration::from_secs(5))
+///     .bind("127.0.0.1:0")
+///     .await
+///     .unwrap();
+/// println!("listening on http://{}", serving.local_addr().unwrap());
+/// serving.shutdown().await.unwrap();
+/// # });
+/// ```
+pub struct Server {
+    router: Router,
+    state: State,
+    pool: Option<BlockingPool>,
+    blocking_threads: usize,
+    queue_timeout: Duration,
+    max_body_bytes: u64,
+    header_read_timeout: Option<Duration>,
+    max_headers: usize,
+    max_header_bytes: usize,
+    max_connections: usize,
+    grace_period: Duration,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("router", &self.router)
+            .field("blocking_threads", &self.blocking_threads)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_headers", &self.max_headers)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("grace_period", &self.grace_period)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server for `router` with the default settings.
+    pub fn new(router: Router) -> Server {
+        Server {
+            router,
+            state: State::new(),
+            pool: None,
+            blocking_threads: DEFAULT_BLOCKING_THREADS,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            grace_period: DEFAULT_GRACE_PERIOD,
+        }
+    }
+
+    /// The app state shared with lifespan and every request scope; insert values before
+    /// binding to hand them to handlers. Default: empty.
+    #[must_use]
+    pub fn state(mut self, state: State) -> Server {
+        self.state = state;
+        self
+    }
+
+    /// The limit on blocking work in flight: sync handlers running (including while they
+    /// stream their response) across all connections. Default
+    /// [`DEFAULT_BLOCKING_THREADS`] (64). Idle keep-alive connections take no slot.
+    ///
+    /// # Panics
+    ///
+    /// When `n` is 0.
+    #[must_use]
+    pub fn blocking_threads(mut self, n: usize) -> Server {
+        assert!(n > 0, "blocking_threads must be at least 1");
+        self.blocking_threads = n;
+        self
+    }
+
+    /// Runs sync handlers on `pool` instead of one made from
+    /// [`blocking_threads`](Server::blocking_threads) and
+    /// [`queue_timeout`](Server::queue_timeout) (which are then ignored): share it with your
+    /// own [`sync_to_async`](amphi_sync_to_async::sync_to_async) calls to cap all blocking work
+    /// together.
+    #[must_use]
+    pub fn blocking_pool(mut self, pool: BlockingPool) -> Server {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// How long a sync request waits for a blocking slot before the server answers `503`
+    /// with `Retry-After`. Default [`DEFAULT_QUEUE_TIMEOUT`] (1 s).
+    #[must_use]
+    pub fn queue_timeout(mut self, timeout: Duration) -> Server {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// The largest request body accepted, in bytes, for both handler kinds. Default
+    /// [`DEFAULT_MAX_BODY_BYTES`] (16 MiB).
+    #[must_use]
+    pub fn max_body_bytes(mut self, bytes: u64) -> Server {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// How long a client may take to send a complete request head (HTTP/1.1), and a new
+    /// connection to send its first request (both protocols); `None` disables both. Also the
+    /// idle timeout of HTTP/1.1 keep-alive connections. Default
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`] (10 s).
+    #[must_use]
+    pub fn header_read_timeout(mut self, timeout: Option<Duration>) -> Server {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// The most headers a request may carry (HTTP/1.1); past it the client gets `431`.
+    /// Default [`DEFAULT_MAX_HEADERS`] (100).
+    #[must_use]
+    pub fn max_headers(mut self, n: usize) -> Server {
+        self.max_headers = n;
+        self
+    }
+
+    /// The largest request head, in bytes (HTTP/1.1: the read buffer, at least 8 KiB;
+    /// HTTP/2: the header list size); past it the client gets `431`. Default
+    /// [`DEFAULT_MAX_HEADER_BYTES`] (64 KiB).
+    #[must_use]
+    pub fn max_header_bytes(mut self, bytes: usize) -> Server {
+        self.max_header_bytes = bytes.max(8192);
+        self
+    }
+
+    /// The most connections open at once; past it the server stops accepting until one
+    /// closes. Default [`DEFAULT_MAX_CONNECTIONS`] (10 000).
+    ///
+    /// # Panics
+    ///
+    /// When `n` is 0.
+    #[must_use]
+    pub fn max_connections(mut self, n: usize) -> Server {
+        assert!(n > 0, "max_connections must be at least 1");
+        self.max_connections = n;
+        self
+    }
+
+    /// How long in-flight requests may run after shutdown starts before their connections
+    /// are cut. Default [`DEFAULT_GRACE_PERIOD`] (30 s).
+    #[must_use]
+    pub fn grace_period(mut self, grace: Duration) -> Server {
+        self.grace_period = grace;
+        self
+    }
+
+    /// Runs lifespan startup, listens on `addr` (TCP), and serves in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::is_startup`] when a handler's lifespan startup fails (the server never
+    /// listens), [`ServeError::is_bind`] when the address cannot be bound,
+    /// [`ServeError::is_routes`] for an invalid router.
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<Serving, ServeError> {
+        let prepared = self.prepare().await?;
+        match TcpListener::bind(addr).await {
+            Ok(listener) => Ok(prepared.spawn(listener)),
+            Err(e) => {
+                prepared.abandon().await;
+                Err(ServeError::bind("binding the TCP listener", e))
+            }
+        }
+    }
+
+    /// Like [`bind`](Server::bind), on a listener the caller opened.
+    ///
+    /// # Errors
+    ///
+    /// As for [`bind`](Server::bind), except binding.
+    pub async fn serve_listener(self, listener: TcpListener) -> Result<Serving, ServeError> {
+        Ok(self.prepare().await?.spawn(listener))
+    }
+
+    /// Like [`bind`](Server::bind), on a unix domain socket at `path` (which must not exist).
+    /// Requests have no client or server address.
+    ///
+    /// # Errors
+    ///
+    /// As for [`bind`](Server::bind).
+    pub async fn bind_unix(self, path: impl AsRef<Path>) -> Result<Serving, ServeError> {
+        let prepared = self.prepare().await?;
+        match UnixListener::bind(path.as_ref()) {
+            Ok(listener) => Ok(prepared.spawn(listener)),
+            Err(e) => {
+                prepared.abandon().await;
+                Err(ServeError::bind(
+                    format!("binding the unix socket {}", path.as_ref().display()),
+                    e,
+                ))
+            }
+        }
+    }
+
+    async fn prepare(self) -> Result<Prepared, ServeError> {
+        let pool = self.pool.clone().unwrap_or_else(|| {
+            BlockingPool::new(self.blocking_threads).with_queue_timeout(self.queue_timeout)
+        });
+        let routes = self
+            .router
+            .compile(&crate::sync_mount::adapter(pool.clone()))?;
+        let mut seen = Vec::<*const ()>::new();
+        let mut lifespan_handlers: Vec<(String, Arc<dyn AsyncHandler>)> = Vec::new();
+        // Mount order is lost by the longest-first sort; startup order follows the table,
+        // which is deterministic for a given router.
+        for r in routes.routes().iter().rev() {
+            if let (true, Some(h)) = (r.lifespan, &r.target) {
+                let ptr = Arc::as_ptr(h) as *const ();
+                if !seen.contains(&ptr) {
+                    seen.push(ptr);
+                    lifespan_handlers.push((r.prefix.to_string(), h.clone()));
+                }
+            }
+        }
+        let lifespan_timeout = self.grace_period.max(Duration::from_secs(1));
+        let lifespans =
+            Lifespans::startup(lifespan_handlers, &self.state, lifespan_timeout).await?;
+        let app = Arc::new(App {
+            routes,
+            state: self.state,
+            max_body: self.max_body_bytes,
+            in_flight: AtomicUsize::new(0),
+            cutting: AtomicBool::new(false),
+        });
+        Ok(Prepared {
+            app,
+            pool,
+            lifespans,
+            lifespan_timeout,
+            conn: ConnSettings {
+                header_read_timeout: self.header_read_timeout,
+                max_headers: self.max_headers,
+                max_header_bytes: self.max_header_bytes,
+            },
+            max_connections: self.max_connections,
+            grace_period: self.grace_period,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ConnSettings {
+    header_read_timeout: Option<Duration>,
+    max_headers: usize,
+    max_header_bytes: usize,
+}
+
+struct Prepared {
+    app: Arc<App>,
+    pool: BlockingPool,
+    lifespans: Lifespans,
+    lifespan_timeout: Duration,
+    conn: ConnSettings,
+    max_connections: usize,
+    grace_period: Duration,
+}
+
+impl Prepared {
+    async fn abandon(self) {
+        self.lifespans.shutdown(self.lifespan_timeout).await;
+    }
+
+    fn spawn<L: Listen>(self, listener: L) -> Serving {
+        let local_addr = listener.local_addr();
+        let token = CancellationToken::new();
+        let app = self.app.clone();
+        let pool = self.pool.clone();
+        let task = tokio::spawn(run(listener, self, token.clone()));
+        Serving {
+            local_addr,
+            pool,
+            handle: ShutdownHandle { token },
+            app,
+            task: Some(task),
+        }
+    }
+}
+
+/// A listening socket: TCP or unix.
+trait Listen: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    fn accept(&mut self)
+        -> impl Future<Output = io::Result<(Self::Io, Option<SocketAddr>)>> + Send;
+
+    fn local_addr(&self) -> Option<SocketAddr>;
+
+    fn prepare(&self, _io: &Self::Io) {}
+}
+
+impl Listen for TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, Option<SocketAddr>)> {
+        let (io, peer) = TcpListener::accept(self).await?;
+        Ok((io, Some(peer)))
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        TcpListener::local_addr(self).ok()
+    }
+
+    fn prepare(&self, io: &Self::Io) {
+        // Small responses should leave at once rather than wait for Nagle's delayed ACK.
+        let _ = io.set_nodelay(true);
+    }
+}
+
+impl Listen for UnixListener {
+    type Io = tokio::net::UnixStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, Option<SocketAddr>)> {
+        let (io, _) = UnixListener::accept(self).await?;
+        Ok((io, None))
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+}
+
+fn connection_builder(settings: ConnSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_headers(settings.max_headers)
+        .max_buf_size(settings.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Whether an accept error concerns one connection only (retry at once) rather than the
+/// process (back off: out of file descriptors, say).
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+async fn run<L: Listen>(
+    mut listener: L,
+    prepared: Prepared,
+    token: CancellationToken,
+) -> Result<(), ServeError> {
+    let Prepared {
+        app,
+        pool: _,
+        lifespans,
+        lifespan_timeout,
+        conn: settings,
+        max_connections,
+        grace_period,
+    } = prepared;
+    let builder = connection_builder(settings);
+    let graceful = GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let mut conns = JoinSet::new();
+    let server_addr = listener.local_addr();
+    loop {
+        // Reap finished connection tasks so the set does not grow with the server's age.
+        while conns.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            permit = limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (io, client) = match accepted {
+            Ok(a) => a,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        listener.prepare(&io);
+        let seen_request = Arc::new(AtomicBool::new(false));
+        let service = ConnService {
+            app: app.clone(),
+            client,
+            server: server_addr,
+            seen_request: seen_request.clone(),
+        };
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let first_request = settings.header_read_timeout;
+        conns.spawn(async move {
+            let _permit = permit;
+            tokio::pin!(conn);
+            if let Some(deadline) = first_request {
+                tokio::select! {
+                    result = &mut conn => return log_connection_end(result),
+                    _ = tokio::time::sleep(deadline) => {}
+                }
+                if !seen_request.load(Ordering::Relaxed) {
+                    tracing::debug!(
+                        "no request within the header read timeout; closing the connection"
+                    );
+                    return;
+                }
+            }
+            log_connection_end(conn.await)
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        connections = conns.len(),
+        requests = app.in_flight.load(Ordering::Relaxed),
+        "shutting down: stopped accepting; draining for up to {grace_period:?}"
+    );
+    let drained = tokio::time::timeout(grace_period, async {
+        graceful.shutdown().await;
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = conns.len(),
+            requests = app.in_flight.load(Ordering::Relaxed),
+            "grace period over: cutting what is still running"
+        );
+        app.cutting.store(true, Ordering::Relaxed);
+        conns.shutdown().await;
+    }
+    lifespans.shutdown(lifespan_timeout).await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = result {
+        // Clients reset, time out and send garbage all the time; not the server's problem.
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Stops a running server; cheap to clone and to keep.
+///
+/// # Examples
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use amphi_server::{Router, Server};
+///
+/// let serving = Server::new(Router::new()).bind("127.0.0.1:0").await.unwrap();
+/// let handle = serving.shutdown_handle();
+/// tokio::spawn(async move { handle.shutdown() });
+/// serving.wait().await.unwrap();
+/// # });
+/// ```
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Starts a graceful shutdown; see [`Server`]. Calling it again does nothing.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// A server that is listening: its address, a way to stop it, and a way to wait for it.
+///
+/// Dropping it starts a graceful shutdown in the background; await
+/// [`shutdown`](Serving::shutdown) or [`wait`](Serving::wait) to know when it is done.
+pub struct Serving {
+    local_addr: Option<SocketAddr>,
+    pool: BlockingPool,
+    handle: ShutdownHandle,
+    app: Arc<App>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl fmt::Debug for Serving {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Serving")
+            .field("local_addr", &self.local_addr)
+            .field("in_flight", &self.in_flight())
+            .field("shutting_down", &self.handle.is_shutting_down())
+            .finish()
+    }
+}
+
+impl Serving {
+    /// The address the server listens on (with the real port when bound to port 0); `None`
+    /// on a unix socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// A handle that starts a graceful shutdown from anywhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    /// The pool sync handlers run on: [`in_flight`](BlockingPool::in_flight) says how many
+    /// blocking slots are taken.
+    pub fn blocking_pool(&self) -> &BlockingPool {
+        &self.pool
+    }
+
+    /// Requests being served right now.
+    pub fn in_flight(&self) -> usize {
+        self.app.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the server has stopped (someone called [`ShutdownHandle::shutdown`]),
+    /// drained and run lifespan shutdown.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::is_io`] if the serving task itself failed.
+    pub async fn wait(mut self) -> Result<(), ServeError> {
+        let task = self.task.take().expect("the task is taken only here");
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(ServeError::io(
+                "the serving task failed",
+                io::Error::other(e.to_string()),
+            )),
+        }
+    }
+
+    /// Starts a graceful shutdown and waits for it to finish.
+    ///
+    /// # Errors
+    ///
+    /// As for [`wait`](Serving::wait).
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.handle.shutdown();
+        self.wait().await
+    }
+
+    /// Serves until `signal` completes (or someone calls [`ShutdownHandle::shutdown`]), then
+    /// shuts down gracefully. With [`shutdown_signal`](crate::shutdown_signal) this is what a
+    /// `main` needs.
+    ///
+    /// # Errors
+    ///
+    /// As for [`wait`](Serving::wait).
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let token = self.handle.token.clone();
+        tokio::select! {
+            _ = signal => {
+                tracing::info!("shutdown requested");
+                self.handle.shutdown();
+            }
+            _ = token.cancelled() => {}
+        }
+        self.wait().await
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.handle.shutdown();
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM, for [`Serving::run_until`].
+///
+/// # Panics
+///
+/// When the signal handlers cannot be installed (outside a tokio runtime with signals
+/// enabled).
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.expect("installing the SIGINT handler"),
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,353 @@
+//! The hyper service: routes a request, calls its handler, and turns what the handler sends
+//! into a hyper response.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use amphi_core::{
+    BoxFuture, Context, DropGuard, Error, ErrorKind, HttpScope, Receiver, RequestInfo, Scope,
+    Sender, State,
+};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::uri::Scheme;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::access::{AccessRecord, Outcome};
+use crate::body::ResponseBody;
+use crate::exchange::{Exchange, ExchangeSink, IncomingSource};
+use crate::router::{HandlerKind, RouteTable};
+
+/// What every connection of one server shares.
+pub(crate) struct App {
+    pub(crate) routes: RouteTable,
+    pub(crate) state: State,
+    pub(crate) max_body: u64,
+    /// Requests whose access record is alive.
+    pub(crate) in_flight: AtomicUsize,
+    /// Set when the grace period is over and the remaining connections are being cut.
+    pub(crate) cutting: AtomicBool,
+}
+
+/// The service of one connection.
+#[derive(Clone)]
+pub(crate) struct ConnService {
+    pub(crate) app: Arc<App>,
+    pub(crate) client: Option<SocketAddr>,
+    pub(crate) server: Option<SocketAddr>,
+    /// Set by the first request, so the connection's first-request deadline stops applying.
+    pub(crate) seen_request: Arc<AtomicBool>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, req: Request<Incoming>) -> ResponseFuture {
+        if !self.seen_request.load(Ordering::Relaxed) {
+            self.seen_request.store(true, Ordering::Relaxed);
+        }
+        let app = &self.app;
+        let route = app.routes.resolve(req.uri().path());
+        let kind = route.map_or(HandlerKind::None, |r| r.kind);
+        let mut record = AccessRecord::new(
+            app.clone(),
+            req.method().clone(),
+            req.uri().clone(),
+            req.version(),
+            kind,
+        );
+        let Some((route, handler)) = route.and_then(|r| Some((r, r.target.as_ref()?))) else {
+            return ResponseFuture::ready(plain(StatusCode::NOT_FOUND, "not found\n"), record);
+        };
+        if declared_length(&req).is_some_and(|len| len > app.max_body) {
+            return ResponseFuture::ready(too_large(), record);
+        }
+        let (parts, body) = req.into_parts();
+        let info = RequestInfo::new()
+            .with_scheme(Scheme::HTTP)
+            .with_client(self.client)
+            .with_server(self.server)
+            .with_root_path(route.prefix.clone());
+        let scope = HttpScope::new(parts, info).with_state(app.state.clone());
+        let context = scope.context().clone();
+        let exchange = Arc::new(Exchange::default());
+        let receive = Receiver::new(IncomingSource::new(body, app.max_body, exchange.clone()));
+        let send = Sender::http(ExchangeSink(exchange.clone()));
+        let handler = handler.clone();
+        let fut: BoxFuture<'static, Result<(), Error>> =
+            Box::pin(async move { handler.call(Scope::Http(scope), receive, send).await });
+        record.status = None;
+        ResponseFuture {
+            state: Stage::Driving(Box::new(Driving {
+                driver: Driver {
+                    fut: Some(fut),
+                    guard: Some(context.token().clone().drop_guard()),
+                    context,
+                    exchange,
+                },
+                record,
+            })),
+        }
+    }
+}
+
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Polls a handler future with its request context current and panics caught.
+pub(crate) struct Driver {
+    // Field order matters: the future is dropped before the guard flips the token.
+    fut: Option<BoxFuture<'static, Result<(), Error>>>,
+    context: Context,
+    /// Cancels the request's token when the exchange is abandoned before the handler returns.
+    guard: Option<DropGuard>,
+    pub(crate) exchange: Arc<Exchange>,
+}
+
+impl Driver {
+    /// Whether the handler is still running.
+    pub(crate) fn is_running(&self) -> bool {
+        self.fut.is_some()
+    }
+
+    /// Polls the handler once; `Ready` once it has returned (a panic is an error of kind
+    /// [`ErrorKind::Panicked`]). Must not be called after it returned `Ready`.
+    pub(crate) fn poll_handler(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let polled = {
+            let _current = self.context.enter();
+            catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
+        };
+        let result = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => result,
+            Err(payload) => Err(Error::from_panic(&*payload)),
+        };
+        // A future that panicked may panic again while dropped; keep that inside too.
+        let fut = self.fut.take();
+        if catch_unwind(AssertUnwindSafe(move || drop(fut))).is_err() {
+            tracing::error!("a handler future panicked while being dropped");
+        }
+        if result.is_ok() {
+            if let Some(g) = self.guard.take() {
+                g.disarm();
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+struct Driving {
+    driver: Driver,
+    record: AccessRecord,
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Stage {
+    Ready(Option<(Response<Bytes>, AccessRecord)>),
+    Driving(Box<Driving>),
+    Done,
+}
+
+/// The future of one request: polls the handler until the response head is known.
+pub(crate) struct ResponseFuture {
+    state: Stage,
+}
+
+impl ResponseFuture {
+    fn ready(response: Response<Bytes>, record: AccessRecord) -> ResponseFuture {
+        ResponseFuture {
+            state: Stage::Ready(Some((response, record))),
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let driving = match &mut this.state {
+            Stage::Ready(r) => {
+                let (response, record) = r.take().expect("polled after completion");
+                this.state = Stage::Done;
+                return Poll::Ready(Ok(finish_full(response, record)));
+            }
+            Stage::Driving(d) => d,
+            Stage::Done => panic!("ResponseFuture polled after completion"),
+        };
+        let polled = driving.driver.poll_handler(cx);
+        let mut out = driving.driver.exchange.lock();
+        let produced = match polled {
+            Poll::Pending => {
+                let Some((status, headers)) = out.head.take() else {
+                    return Poll::Pending;
+                };
+                if out.response_done && out.trailers.is_none() && !out.trailers_announced {
+                    // Answered in one piece, but the handler has not returned yet: hand the
+                    // body over with its exact length and let the body keep polling the
+                    // handler until it returns.
+                    let len = out.chunk.as_ref().map_or(0, |c| c.len() as u64);
+                    Produced::Stream(status, headers, Some(len))
+                } else {
+                    Produced::Stream(status, headers, None)
+                }
+            }
+            Poll::Ready(result) => match (out.head.take(), out.response_done, result) {
+                (Some((status, headers)), true, result) => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "handler failed after completing its response");
+                    }
+                    if out.trailers.is_some() {
+                        Produced::Stream(status, headers, None)
+                    } else {
+                        let body = out.chunk.take().unwrap_or_default();
+                        Produced::Full(full(status, headers, body))
+                    }
+                }
+                (_, _, Err(e)) => {
+                    let too_large = out.body_too_large;
+                    Produced::Full(error_response(&e, too_large))
+                }
+                (head, _, Ok(())) => {
+                    if out.body_too_large && head.is_none() {
+                        Produced::Full(too_large())
+                    } else {
+                        let what = if head.is_some() {
+                            "handler returned before finishing its response"
+                        } else {
+                            "handler returned without sending a response"
+                        };
+                        tracing::error!(path = driving.record_path(), "protocol misuse: {what}");
+                        Produced::Full(plain(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal server error\n",
+                        ))
+                    }
+                }
+            },
+        };
+        drop(out);
+        let Stage::Driving(driving) = std::mem::replace(&mut this.state, Stage::Done) else {
+            unreachable!("matched Driving above")
+        };
+        let Driving { driver, mut record } = *driving;
+        let response = match produced {
+            Produced::Full(full_response) => finish_full(full_response, record),
+            Produced::Stream(status, headers, exact) => {
+                record.status = Some(status);
+                let mut response = Response::new(ResponseBody::stream(driver, exact, record));
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                response
+            }
+        };
+        Poll::Ready(Ok(response))
+    }
+}
+
+impl Driving {
+    fn record_path(&self) -> &str {
+        self.record.path()
+    }
+}
+
+/// What the handler produced once the service future can answer.
+enum Produced {
+    /// A complete response.
+    Full(Response<Bytes>),
+    /// A head whose body the response body will keep pulling from the handler; with the exact
+    /// length when the body is already complete.
+    Stream(StatusCode, http::HeaderMap, Option<u64>),
+}
+
+/// Wraps a complete response's body, recording it in the access log.
+fn finish_full(response: Response<Bytes>, mut record: AccessRecord) -> Response<ResponseBody> {
+    let (parts, body) = response.into_parts();
+    record.status = Some(parts.status);
+    record.bytes = if record.is_head() {
+        0
+    } else {
+        body.len() as u64
+    };
+    // A complete body is handed to hyper in one frame; hyper may drop it without polling
+    // (HEAD), so it counts as complete now.
+    record.outcome = Outcome::Complete;
+    Response::from_parts(parts, ResponseBody::full(body, record))
+}
+
+fn full(status: StatusCode, headers: http::HeaderMap, body: Bytes) -> Response<Bytes> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from_static(text.as_bytes()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn too_large() -> Response<Bytes> {
+    plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+}
+
+/// The response for a handler that failed before its response started.
+fn error_response(err: &Error, body_too_large: bool) -> Response<Bytes> {
+    match err.kind() {
+        ErrorKind::Saturated => {
+            tracing::debug!(error = %err, "blocking pool saturated");
+            let mut r = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server busy, retry later\n",
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        ErrorKind::BodyTooLarge => {
+            tracing::debug!(error = %err, "request body too large");
+            too_large()
+        }
+        _ if body_too_large => too_large(),
+        ErrorKind::Panicked => {
+            tracing::error!(error = %err, "handler panicked before its response started");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
+        }
+        ErrorKind::Protocol => {
+            tracing::error!(error = %err, "protocol misuse by a handler");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
+        }
+        ErrorKind::Disconnected | ErrorKind::Cancelled => {
+            tracing::debug!(error = %err, "handler stopped: client gone");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
+        }
+        _ => {
+            tracing::error!(error = %err, "handler failed before its response started");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
+        }
+    }
+}
