@@ -30,6 +30,7 @@ mod scope;
 mod state;
 mod sync;
 pub mod testing;
+mod thread_sensitive;
 
 pub use asgi::{
     asgi_fn, async_fn, AsgiFn, AsyncBody, AsyncFn, AsyncHandler, AsyncRequest, AsyncResponse,
@@ -45,3 +46,4 @@ pub use sync::{
     sync_fn, BlockingBody, BodyWriter, IntoChunks, SyncBody, SyncFn, SyncHandler, SyncRequest,
     SyncResponse,
 };
+pub use thread_sensitive::{Job, LentGuard, LentThread, ThreadSensitive};
