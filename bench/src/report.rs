@@ -1,0 +1,427 @@
+//! The markdown report: machine, settings, one table per case, isolation, memory, and the
+//! issue's targets with met/missed.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use crate::load::LoadResult;
+use crate::runner::{self, Case, Results};
+
+/// 12345.6 -> "12,346".
+pub fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// Microseconds, human-sized.
+pub fn dur(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else if us < 1e6 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{:.2} s", us / 1e6)
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The machine the run happened on.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let first_line = |cmd: &str, arg: &str| -> String {
+        Command::new(cmd)
+            .arg(arg)
+            .output()
+            .map(|o| {
+                let text = if o.stdout.is_empty() {
+                    o.stderr
+                } else {
+                    o.stdout
+                };
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    format!(
+        "- CPU: {cores} cores (nproc), {model}\n- memory: {:.1} GiB\n- kernel: Linux {}\n\
+         - load generators: {}; {}\n- compiler: {}\n",
+        mem_kib as f64 / 1024.0 / 1024.0,
+        kernel.trim(),
+        first_line("wrk", "-v"),
+        first_line("h2load", "--version"),
+        first_line("rustc", "-V"),
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Met,
+    Missed,
+    NotRun,
+}
+
+impl Verdict {
+    fn cell(self) -> &'static str {
+        match self {
+            Verdict::Met => "**met**",
+            Verdict::Missed => "**missed**",
+            Verdict::NotRun => "not run",
+        }
+    }
+}
+
+/// The issue's targets, judged on this run.
+pub fn targets(r: &Results) -> Vec<(String, String, Verdict)> {
+    let rps = |case: Case, t: &str| r.cell(case, t).and_then(Result::ok).map(|x| x.rps);
+    let mut out = Vec::new();
+
+    let (hyper, a_async) = (
+        rps(Case::H1Hello, "hyper"),
+        rps(Case::H1Hello, "amphi-async"),
+    );
+    out.push(match (hyper, a_async) {
+        (Some(h), Some(a)) => (
+            "amphi async hello ≥ 0.95 × raw hyper (HTTP/1.1)".to_owned(),
+            format!(
+                "{:.2} × ({} vs {} req/s)",
+                a / h,
+                thousands(a),
+                thousands(h)
+            ),
+            if a >= 0.95 * h {
+                Verdict::Met
+            } else {
+                Verdict::Missed
+            },
+        ),
+        _ => (
+            "amphi async hello ≥ 0.95 × raw hyper".to_owned(),
+            "-".to_owned(),
+            Verdict::NotRun,
+        ),
+    });
+    let (h2h, h2a) = (
+        rps(Case::H2Hello, "hyper"),
+        rps(Case::H2Hello, "amphi-async"),
+    );
+    if let (Some(h), Some(a)) = (h2h, h2a) {
+        out.push((
+            "amphi async hello ≥ 0.95 × raw hyper (HTTP/2, same target)".to_owned(),
+            format!("{:.2} ×", a / h),
+            if a >= 0.95 * h {
+                Verdict::Met
+            } else {
+                Verdict::Missed
+            },
+        ));
+    }
+
+    let a_sync = rps(Case::H1Hello, "amphi-sync");
+    for (peer, factor, label) in [
+        ("hyper-blocking", 1.0, "≥ 1.0 × raw hyper + spawn_blocking"),
+        ("actix", 1.0, "ahead of actix-web web::block"),
+        ("axum-blocking", 1.0, "ahead of axum + spawn_blocking"),
+        ("astra", 1.0, "ahead of astra"),
+        ("hyper", 0.85, "stretch: ≥ 0.85 × raw hyper"),
+    ] {
+        let peer_rps = rps(Case::H1Hello, peer);
+        out.push(match (a_sync, peer_rps) {
+            (Some(a), Some(p)) => (
+                format!("amphi sync hello {label} (HTTP/1.1)"),
+                format!(
+                    "{:.2} × ({} vs {} req/s)",
+                    a / p,
+                    thousands(a),
+                    thousands(p)
+                ),
+                if a >= factor * p {
+                    Verdict::Met
+                } else {
+                    Verdict::Missed
+                },
+            ),
+            _ => (
+                format!("amphi sync hello {label}"),
+                "-".to_owned(),
+                Verdict::NotRun,
+            ),
+        });
+    }
+
+    out.push(match rps(Case::Sleep, "amphi-sync") {
+        Some(a) => (
+            format!(
+                "10 ms blocking sleep ≥ 0.9 × ideal ({} req/s)",
+                thousands(runner::SLEEP_IDEAL_RPS)
+            ),
+            format!(
+                "{:.2} × ({} req/s)",
+                a / runner::SLEEP_IDEAL_RPS,
+                thousands(a)
+            ),
+            if a >= 0.9 * runner::SLEEP_IDEAL_RPS {
+                Verdict::Met
+            } else {
+                Verdict::Missed
+            },
+        ),
+        None => (
+            "10 ms blocking sleep ≥ 0.9 × ideal".to_owned(),
+            "-".to_owned(),
+            Verdict::NotRun,
+        ),
+    });
+
+    out.push(match &r.isolation {
+        Some(Ok(iso)) => {
+            let ratio = iso.loaded.p99_us / iso.unloaded.p99_us.max(1.0);
+            (
+                "isolation: /async/hello p99 with the blocking pool saturated ≤ 2 × unloaded"
+                    .to_owned(),
+                format!(
+                    "{ratio:.2} × ({} vs {})",
+                    dur(iso.loaded.p99_us),
+                    dur(iso.unloaded.p99_us)
+                ),
+                if ratio <= 2.0 && iso.loaded.errors == 0 {
+                    Verdict::Met
+                } else {
+                    Verdict::Missed
+                },
+            )
+        }
+        _ => (
+            "isolation p99 ≤ 2 × unloaded".to_owned(),
+            "-".to_owned(),
+            Verdict::NotRun,
+        ),
+    });
+
+    let mem = |name: &str| {
+        r.memory
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, m)| m.as_ref().ok().copied())
+    };
+    out.push(match (mem("amphi-async"), mem("hyper")) {
+        (Some(a), Some(h)) => {
+            let ratio = a.rss_after_kib as f64 / h.rss_after_kib.max(1) as f64;
+            let all_open = a.alive == a.wanted && h.alive == h.wanted;
+            (
+                format!(
+                    "memory with {} idle connections ≤ 1.2 × raw hyper",
+                    thousands(a.wanted as f64)
+                ),
+                format!(
+                    "{ratio:.2} × ({} vs {}; {} and {} connections open)",
+                    mib(a.rss_after_kib),
+                    mib(h.rss_after_kib),
+                    a.alive,
+                    h.alive
+                ),
+                if ratio <= 1.2 && all_open {
+                    Verdict::Met
+                } else {
+                    Verdict::Missed
+                },
+            )
+        }
+        _ => (
+            "memory ≤ 1.2 × raw hyper".to_owned(),
+            "-".to_owned(),
+            Verdict::NotRun,
+        ),
+    });
+    out
+}
+
+pub fn render(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## Machine\n\n{}", machine());
+    let _ = writeln!(s, "Settings: {}.\n", r.options);
+    let _ = writeln!(s, "| server | what it is |\n|---|---|");
+    for (name, what, _) in &r.targets {
+        let _ = writeln!(s, "| {name} | {what} |");
+    }
+    for skipped in &r.skipped {
+        let _ = writeln!(s, "\nLeft out: {skipped}");
+    }
+
+    for case in Case::ALL {
+        if !r.cases.keys().any(|(c, _)| *c == case) {
+            continue;
+        }
+        let _ = writeln!(s, "\n### {}\n", case.title());
+        let _ = writeln!(s, "| server | requests/s | p50 | p99 | errors | × raw hyper |\n|---|---:|---:|---:|---:|---:|");
+        let floor = r.cell(case, "hyper").and_then(Result::ok).map(|x| x.rps);
+        for (name, _, _) in &r.targets {
+            match r.cell(case, name) {
+                Some(Ok(LoadResult {
+                    rps,
+                    p50_us,
+                    p99_us,
+                    errors,
+                    ..
+                })) => {
+                    let ratio = floor.map_or("-".to_owned(), |f| format!("{:.2}", rps / f));
+                    let _ = writeln!(
+                        s,
+                        "| {name} | {} | {} | {} | {errors} | {ratio} |",
+                        thousands(rps),
+                        dur(p50_us),
+                        dur(p99_us)
+                    );
+                }
+                Some(Err(e)) => {
+                    let e = e.lines().next().unwrap_or("").replace('|', "/");
+                    let _ = writeln!(s, "| {name} | n/a ({e}) | | | | |");
+                }
+                None => {}
+            }
+        }
+    }
+
+    if let Some(iso) = &r.isolation {
+        let _ = writeln!(
+            s,
+            "\n### Isolation: amphi `/async/hello` while `/sync/sleep?ms={}` holds every blocking slot\n",
+            runner::HOLD_MS
+        );
+        match iso {
+            Ok(iso) => {
+                let _ = writeln!(
+                    s,
+                    "A paced probe: {} keep-alive connections, one request each every {} ms. Loaded: \
+                     {} connections loop on `/sync/sleep?ms={}` against {} blocking slots \
+                     (the rest wait in the queue); they completed {} req/s with {} errors.\n",
+                    runner::PROBE_CONNS,
+                    runner::PROBE_INTERVAL.as_millis(),
+                    runner::HOLDERS,
+                    runner::HOLD_MS,
+                    iso.blocking_slots,
+                    thousands(iso.holders.rps),
+                    iso.holders.errors
+                );
+                let _ = writeln!(s, "| /async/hello | p50 | p99 | max | samples | errors |\n|---|---:|---:|---:|---:|---:|");
+                for (label, l) in [
+                    ("unloaded", iso.unloaded),
+                    ("blocking pool saturated", iso.loaded),
+                ] {
+                    let _ = writeln!(
+                        s,
+                        "| {label} | {} | {} | {} | {} | {} |",
+                        dur(l.p50_us),
+                        dur(l.p99_us),
+                        dur(l.max_us),
+                        l.samples,
+                        l.errors
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "failed: {e}");
+            }
+        }
+    }
+
+    if !r.memory.is_empty() {
+        let n = r
+            .memory
+            .iter()
+            .find_map(|(_, m)| m.as_ref().ok().map(|m| m.wanted))
+            .unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "\n### Resident memory holding {} idle keep-alive connections\n",
+            thousands(n as f64)
+        );
+        let _ = writeln!(
+            s,
+            "| server | RSS before | RSS holding them | per connection | connections open | × raw hyper |\n|---|---:|---:|---:|---:|---:|"
+        );
+        let floor = r
+            .memory
+            .iter()
+            .find(|(name, _)| name == "hyper")
+            .and_then(|(_, m)| m.as_ref().ok().map(|m| m.rss_after_kib));
+        for (name, m) in &r.memory {
+            match m {
+                Ok(m) => {
+                    let per = (m.rss_after_kib.saturating_sub(m.rss_before_kib)) as f64 * 1024.0
+                        / m.alive.max(1) as f64;
+                    let ratio = floor.map_or("-".to_owned(), |f| {
+                        format!("{:.2}", m.rss_after_kib as f64 / f as f64)
+                    });
+                    let _ = writeln!(
+                        s,
+                        "| {name} | {} | {} | {:.1} KiB | {} | {ratio} |",
+                        mib(m.rss_before_kib),
+                        mib(m.rss_after_kib),
+                        per / 1024.0,
+                        m.alive
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "| {name} | failed: {} | | | | |", e.replace('|', "/"));
+                }
+            }
+        }
+    }
+
+    let _ = writeln!(
+        s,
+        "\n### Targets\n\n| target | this run | verdict |\n|---|---|---|"
+    );
+    for (target, measured, verdict) in targets(r) {
+        let _ = writeln!(s, "| {target} | {measured} | {} |", verdict.cell());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(dur(512.0), "512 µs");
+        assert_eq!(dur(1530.0), "1.53 ms");
+    }
+}
