@@ -156,6 +156,11 @@ impl Error {
         self.kind() == ErrorKind::BodyTooLarge
     }
 
+    /// The request body ended before its declared `Content-Length`.
+    pub fn is_incomplete_body(&self) -> bool {
+        self.kind() == ErrorKind::IncompleteBody
+    }
+
     /// A handler broke the event protocol.
     pub fn is_protocol(&self) -> bool {
         self.kind() == ErrorKind::Protocol
@@ -179,6 +184,11 @@ impl Error {
     /// The call was made from a context that cannot serve it.
     pub fn is_wrong_context(&self) -> bool {
         self.kind() == ErrorKind::WrongContext
+    }
+
+    /// A deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::TimedOut
     }
 
     /// Finds the amphi error inside an `io::Error` returned by a [`BlockingBody`] read or a
