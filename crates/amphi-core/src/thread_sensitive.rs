@@ -174,10 +174,14 @@ impl ThreadSensitive {
     /// is wrapped in [`Context::scope`]: call `current()` before spawning and move the handle
     /// into the task.
     pub fn current() -> Option<ThreadSensitive> {
-        if let Some(lent) = LENT.with(|l| l.borrow().clone()) {
-            return Some(lent);
-        }
-        Context::current().map(|c| c.get_or_insert_with(ThreadSensitive::new))
+        ThreadSensitive::lent()
+            .or_else(|| Context::current().map(|c| c.get_or_insert_with(ThreadSensitive::new)))
+    }
+
+    /// The context lent by the thread polling this code, when it runs inside an
+    /// `async_to_sync` call: step 1 of [`current`](ThreadSensitive::current) alone.
+    pub fn lent() -> Option<ThreadSensitive> {
+        LENT.with(|l| l.borrow().clone())
     }
 
     /// Queues `job` to run on this context's thread after the jobs queued before it.

@@ -5,7 +5,10 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use amphi_core::{Context, DropGuard, Error, ErrorKind};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use amphi_core::{Context, DropGuard, Error, ErrorKind, ThreadSensitive};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::pool::BlockingPool;
@@ -13,8 +16,14 @@ use crate::pool::BlockingPool;
 /// Runs the blocking closure `f` off the async threads and awaits its result.
 ///
 /// By default `f` runs on tokio's blocking pool (`spawn_blocking`), with no cap but tokio's
-/// own. The returned [`SyncCall`] is a builder: [`pool`](SyncCall::pool) counts the call
-/// against a [`BlockingPool`]. Await it directly.
+/// own. The returned [`SyncCall`] is a builder; await it directly:
+///
+/// - [`pool`](SyncCall::pool) counts the call against a [`BlockingPool`];
+/// - [`thread_sensitive`](SyncCall::thread_sensitive) runs it on one
+///   [`ThreadSensitive`] context's thread instead, after the calls queued there before it;
+/// - [`thread_sensitive_current`](SyncCall::thread_sensitive_current) picks the context of
+///   the calling code (the thread blocked in an enclosing `async_to_sync`, else the request's
+///   own; see [`ThreadSensitive::current`]).
 ///
 /// The closure runs with the caller's request [`Context`] current (a child of it, so the
 /// values are shared and its token can flip on its own) and with the caller's `tracing` span
@@ -26,14 +35,21 @@ use crate::pool::BlockingPool;
 /// - [`ErrorKind::Panicked`] if `f` panics; the message is the panic's.
 /// - [`ErrorKind::Saturated`] if a pool was given and no slot came free within its queue
 ///   timeout; `f` did not run.
-/// - [`ErrorKind::Cancelled`] if the runtime shut down before `f` could start.
+/// - [`ErrorKind::Cancelled`] if the runtime shut down, or the call's token flipped (its
+///   request was cancelled), before `f` could start; or if a thread-sensitive context's
+///   thread stopped before running it (a context lent by an `async_to_sync` call that has
+///   returned).
+/// - [`ErrorKind::WrongContext`] for a thread-sensitive call with no context to run on: none
+///   was found by `thread_sensitive_current`, or the one given was lent by an
+///   `async_to_sync` call that has returned. The message says what to do.
 ///
 /// # Cancellation
 ///
-/// Dropping the future does not stop `f` once it has started (blocking code cannot be
-/// aborted): it runs to the end and its result is dropped. What the drop does is flip the
-/// closure's cancellation token (`Context::current().unwrap().token()` inside `f`), so code
-/// that checks it between steps can stop early. A pool slot is held until `f` returns.
+/// Dropping the future before `f` starts means `f` never runs. Once it has started it cannot
+/// be stopped (blocking code cannot be aborted): it runs to the end and its result is
+/// dropped. What the drop does is flip the closure's cancellation token
+/// (`Context::current().unwrap().token()` inside `f`), so code that checks it between steps
+/// can stop early. A pool slot is held until `f` returns.
 ///
 /// # Panics
 ///
@@ -58,7 +74,18 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    SyncCall { f, pool: None }
+    SyncCall {
+        f,
+        pool: None,
+        place: Place::BlockingPool,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Place {
+    BlockingPool,
+    ThreadSensitive(ThreadSensitive),
+    CurrentThreadSensitive,
 }
 
 /// A blocking call being set up; see [`sync_to_async`]. Await it to run it.
@@ -66,6 +93,7 @@ where
 pub struct SyncCall<F> {
     f: F,
     pool: Option<BlockingPool>,
+    place: Place,
 }
 
 impl<F, R> SyncCall<F>
@@ -77,6 +105,27 @@ where
     /// timeout) and holds it until the closure returns.
     pub fn pool(mut self, pool: &BlockingPool) -> SyncCall<F> {
         self.pool = Some(pool.clone());
+        self
+    }
+
+    /// Runs the call on `context`'s thread, one at a time with the context's other calls,
+    /// instead of on tokio's blocking pool. A `!Send` resource kept in a `thread_local!` on
+    /// that thread is reachable from `f`.
+    ///
+    /// Deadlock note: calls in one context run one after another, so a call that blocks until
+    /// another call *of the same context* does something waits forever (asgiref's #282 shape).
+    /// Give such calls different contexts, or leave them on the blocking pool.
+    pub fn thread_sensitive(mut self, context: &ThreadSensitive) -> SyncCall<F> {
+        self.place = Place::ThreadSensitive(context.clone());
+        self
+    }
+
+    /// Runs the call in the thread-sensitive context of the calling code, found when the call
+    /// is awaited by [`ThreadSensitive::current`]: the thread blocked in the enclosing
+    /// `async_to_sync` if there is one (so the call runs back on that thread, at any nesting
+    /// depth), otherwise the current request context's own thread.
+    pub fn thread_sensitive_current(mut self) -> SyncCall<F> {
+        self.place = Place::CurrentThreadSensitive;
         self
     }
 }
@@ -99,19 +148,42 @@ where
         let span = tracing::Span::current();
         let cancel = context.token().clone().drop_guard();
         let f = self.f;
+        let place = match self.place {
+            Place::BlockingPool => None,
+            Place::ThreadSensitive(ts) => Some(ts),
+            Place::CurrentThreadSensitive => match ThreadSensitive::current() {
+                Some(ts) => Some(ts),
+                None => {
+                    return SyncCallFuture {
+                        state: State::Failed(Some(no_context())),
+                        cancel: Some(cancel),
+                    }
+                }
+            },
+        };
         let run = move || {
+            // A call whose future was dropped (or whose request was cancelled) before it
+            // started does not start.
+            if context.token().is_cancelled() {
+                return None;
+            }
             let _context = context.enter();
             let _span = span.enter();
-            f()
+            Some(f())
         };
-        let state = match self.pool {
-            None => State::Running(tokio::task::spawn_blocking(run)),
-            Some(pool) => State::Waiting(Box::pin(async move {
+        let state = match (self.pool, place) {
+            (None, None) => State::Running(tokio::task::spawn_blocking(run)),
+            (None, Some(ts)) => submit(&ts, run),
+            (Some(pool), place) => State::Waiting(Box::pin(async move {
                 let slot = pool.acquire().await?;
-                Ok(tokio::task::spawn_blocking(move || {
+                let run = move || {
                     let _slot = slot;
                     run()
-                }))
+                };
+                Ok(match place {
+                    None => State::Running(tokio::task::spawn_blocking(run)),
+                    Some(ts) => submit(&ts, run),
+                })
             })),
         };
         SyncCallFuture {
@@ -125,15 +197,44 @@ impl<F> fmt::Debug for SyncCall<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SyncCall")
             .field("pool", &self.pool)
+            .field("place", &self.place)
             .finish_non_exhaustive()
     }
 }
 
-type Acquire<R> = Pin<Box<dyn Future<Output = Result<JoinHandle<R>, Error>> + Send>>;
+fn no_context() -> Error {
+    Error::new(ErrorKind::WrongContext).with_message(
+        "thread_sensitive_current found no thread-sensitive context: there is no enclosing \
+         async_to_sync and no current request Context (a spawned task inherits neither); pass \
+         one with .thread_sensitive(&context), capturing ThreadSensitive::current() before \
+         spawning, or wrap the task in Context::scope",
+    )
+}
+
+/// Queues `run` on `ts`'s thread; its result comes back through a oneshot channel.
+fn submit<R, F>(ts: &ThreadSensitive, run: F) -> State<R>
+where
+    F: FnOnce() -> Option<R> + Send + 'static,
+    R: Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let job = move || {
+        let _ = tx.send(catch_unwind(AssertUnwindSafe(run)));
+    };
+    match ts.submit(job) {
+        Ok(()) => State::Queued(rx),
+        Err(e) => State::Failed(Some(e)),
+    }
+}
+
+type Panic = Box<dyn std::any::Any + Send>;
+type Acquire<R> = Pin<Box<dyn Future<Output = Result<State<R>, Error>> + Send>>;
 
 enum State<R> {
     Waiting(Acquire<R>),
-    Running(JoinHandle<R>),
+    Running(JoinHandle<Option<R>>),
+    Queued(oneshot::Receiver<Result<Option<R>, Panic>>),
+    Failed(Option<Error>),
     Done,
 }
 
@@ -158,24 +259,46 @@ impl<R> Future for SyncCallFuture<R> {
         loop {
             match &mut this.state {
                 State::Waiting(acquire) => match std::task::ready!(acquire.as_mut().poll(cx)) {
-                    Ok(handle) => this.state = State::Running(handle),
-                    Err(e) => {
-                        this.finish();
-                        return Poll::Ready(Err(e));
-                    }
+                    Ok(next) => this.state = next,
+                    Err(e) => this.state = State::Failed(Some(e)),
                 },
                 State::Running(handle) => {
                     let result = std::task::ready!(Pin::new(handle).poll(cx));
                     this.finish();
-                    return Poll::Ready(result.map_err(join_error));
+                    return Poll::Ready(result.map_err(join_error).and_then(not_started));
                 }
-                State::Done => {
-                    return Poll::Ready(Err(Error::new(ErrorKind::Other)
-                        .with_message("SyncCallFuture polled after it completed")))
+                State::Queued(rx) => {
+                    let result = std::task::ready!(Pin::new(rx).poll(cx));
+                    this.finish();
+                    return Poll::Ready(match result {
+                        Ok(Ok(value)) => not_started(value),
+                        Ok(Err(panic)) => Err(Error::from_panic(&*panic)),
+                        Err(_) => Err(Error::new(ErrorKind::Cancelled).with_message(
+                            "the thread-sensitive context's thread stopped before running this \
+                             call: it was lent by an async_to_sync call that returned first",
+                        )),
+                    });
                 }
+                State::Failed(e) => {
+                    let e = e.take();
+                    this.finish();
+                    return Poll::Ready(Err(e.unwrap_or_else(polled_after_done)));
+                }
+                State::Done => return Poll::Ready(Err(polled_after_done())),
             }
         }
     }
+}
+
+fn polled_after_done() -> Error {
+    Error::new(ErrorKind::Other).with_message("SyncCallFuture polled after it completed")
+}
+
+fn not_started<R>(value: Option<R>) -> Result<R, Error> {
+    value.ok_or_else(|| {
+        Error::new(ErrorKind::Cancelled)
+            .with_message("the call was cancelled before its closure started")
+    })
 }
 
 impl<R> SyncCallFuture<R> {
@@ -192,7 +315,8 @@ impl<R> fmt::Debug for SyncCallFuture<R> {
         let state = match self.state {
             State::Waiting(_) => "waiting for a slot",
             State::Running(_) => "running",
-            State::Done => "done",
+            State::Queued(_) => "queued on a thread-sensitive context",
+            State::Failed(_) | State::Done => "done",
         };
         f.debug_struct("SyncCallFuture")
             .field("state", &state)

@@ -9,7 +9,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use amphi_core::{
     AsyncHandler, BlockingBody, BoxFuture, DropGuard, Error, ErrorKind, Event, HttpScope, Message,
-    Receiver, Scope, Sender, SyncHandler, SyncRequest,
+    Receiver, Scope, Sender, SyncHandler, SyncRequest, ThreadSensitive,
 };
 use bytes::Bytes;
 
@@ -23,6 +23,23 @@ use crate::pool::BlockingPool;
 /// (the handler's [`BlockingBody`] reads chunks as `receive` delivers them, a few chunks
 /// ahead at most), the response body streams back with backpressure (the producer blocks
 /// while the connection is slower), and the body's cleanup always runs.
+///
+/// # Threads
+///
+/// By default each request runs on tokio's blocking pool, like
+/// [`sync_to_async`](crate::sync_to_async). Two opt-in thread-sensitive modes keep a handler's
+/// blocking work on one thread:
+///
+/// - [`thread_sensitive_per_request`](SyncToAsync::thread_sensitive_per_request): each
+///   request runs on its request's own [`ThreadSensitive`] context (Django's per-request
+///   `ThreadSensitiveContext`); requests still run in parallel with each other.
+/// - [`thread_sensitive`](SyncToAsync::thread_sensitive): every request runs on one context
+///   you give, one request at a time (for a handler built around one `!Send` resource).
+///
+/// In per-request mode, when the request is served from inside an `async_to_sync` call (an
+/// `AsyncToSync(SyncToAsync(h))` sandwich), the handler runs back on the thread blocked in
+/// that call, as asgiref does. A context given explicitly is always the one used: it may own
+/// a `!Send` resource that lives on its thread only.
 ///
 /// # Scopes
 ///
@@ -78,6 +95,14 @@ use crate::pool::BlockingPool;
 pub struct SyncToAsync<H> {
     handler: Arc<H>,
     pool: Option<BlockingPool>,
+    place: Place,
+}
+
+#[derive(Debug, Clone)]
+enum Place {
+    BlockingPool,
+    PerRequest,
+    Shared(ThreadSensitive),
 }
 
 impl<H: SyncHandler> SyncToAsync<H> {
@@ -87,7 +112,22 @@ impl<H: SyncHandler> SyncToAsync<H> {
         SyncToAsync {
             handler: Arc::new(handler),
             pool: None,
+            place: Place::BlockingPool,
         }
+    }
+
+    /// Runs each request on its request's own thread-sensitive context (see the type's docs).
+    #[must_use]
+    pub fn thread_sensitive_per_request(mut self) -> SyncToAsync<H> {
+        self.place = Place::PerRequest;
+        self
+    }
+
+    /// Runs every request on `context`'s thread, one request at a time (see the type's docs).
+    #[must_use]
+    pub fn thread_sensitive(mut self, context: ThreadSensitive) -> SyncToAsync<H> {
+        self.place = Place::Shared(context);
+        self
     }
 
     /// Counts each request against `pool`: one slot per request, held until the handler has
@@ -114,6 +154,7 @@ impl<H> Clone for SyncToAsync<H> {
         SyncToAsync {
             handler: self.handler.clone(),
             pool: self.pool.clone(),
+            place: self.place.clone(),
         }
     }
 }
@@ -123,6 +164,7 @@ impl<H> fmt::Debug for SyncToAsync<H> {
         f.debug_struct("SyncToAsync")
             .field("handler", &std::any::type_name::<H>())
             .field("pool", &self.pool)
+            .field("place", &self.place)
             .finish()
     }
 }
@@ -135,13 +177,21 @@ impl<H: SyncHandler> AsyncHandler for SyncToAsync<H> {
         mut send: Sender,
     ) -> BoxFuture<'_, Result<(), Error>> {
         match scope {
-            Scope::Http(scope) => Box::pin(serve(
-                self.handler.clone(),
-                self.pool.clone(),
-                scope,
-                receive,
-                send,
-            )),
+            Scope::Http(scope) => {
+                let place = match &self.place {
+                    Place::BlockingPool => None,
+                    Place::PerRequest => Some(per_request(&scope)),
+                    Place::Shared(ts) => Some(ts.clone()),
+                };
+                Box::pin(serve(
+                    self.handler.clone(),
+                    self.pool.clone(),
+                    place,
+                    scope,
+                    receive,
+                    send,
+                ))
+            }
             Scope::WebSocket(_) => Box::pin(async move {
                 send.send(Message::WebSocketClose {
                     code: 1000,
@@ -155,9 +205,17 @@ impl<H: SyncHandler> AsyncHandler for SyncToAsync<H> {
     }
 }
 
+/// The thread the request's context runs on: the thread blocked in an enclosing
+/// `async_to_sync`, else the request context's own.
+fn per_request(scope: &HttpScope) -> ThreadSensitive {
+    ThreadSensitive::lent()
+        .unwrap_or_else(|| scope.context().get_or_insert_with(ThreadSensitive::new))
+}
+
 async fn serve<H: SyncHandler>(
     handler: Arc<H>,
     pool: Option<BlockingPool>,
+    place: Option<ThreadSensitive>,
     scope: HttpScope,
     receive: Receiver,
     send: Sender,
@@ -183,9 +241,12 @@ async fn serve<H: SyncHandler>(
             done.finish(outcome);
         }
     };
-    // The join handle is not needed: the outcome comes back through the exchange, and the
-    // closure reports even a drop-before-run (runtime shutdown) there.
-    drop(tokio::task::spawn_blocking(blocking));
+    match place {
+        // The join handle is not needed: the outcome comes back through the exchange, and
+        // the closure reports even a drop-before-run (runtime shutdown) there.
+        None => drop(tokio::task::spawn_blocking(blocking)),
+        Some(ts) => ts.submit(blocking)?,
+    }
     Drive {
         exchange,
         receive,
