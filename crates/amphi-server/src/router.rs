@@ -207,6 +207,7 @@ impl Router {
                 target,
                 kind,
                 lifespan: matches!(flat, Flat::Async(_)),
+                order: routes.len(),
             });
         });
         if let Some(p) = duplicate {
@@ -262,6 +263,8 @@ pub(crate) struct Route {
     pub(crate) kind: HandlerKind,
     /// Whether the handler gets the lifespan scope (async mounts).
     pub(crate) lifespan: bool,
+    /// The position in mount order (nested routers flattened in place).
+    pub(crate) order: usize,
 }
 
 /// The flattened routes, longest prefix first.
@@ -281,9 +284,11 @@ impl RouteTable {
         })
     }
 
-    /// Every route, longest prefix first.
-    pub(crate) fn routes(&self) -> &[Route] {
-        &self.routes
+    /// Every route, in mount order.
+    pub(crate) fn in_mount_order(&self) -> Vec<&Route> {
+        let mut v: Vec<&Route> = self.routes.iter().collect();
+        v.sort_by_key(|r| r.order);
+        v
     }
 }
 
@@ -392,8 +397,8 @@ mod tests {
             .mount_sync("/s", sync_fn(|_| http::Response::new(SyncBody::empty())));
         let t = table(&r);
         let with: Vec<_> = t
-            .routes()
-            .iter()
+            .in_mount_order()
+            .into_iter()
             .filter(|r| r.lifespan)
             .map(|r| &*r.prefix)
             .collect();

@@ -295,9 +295,8 @@ impl Server {
             .compile(&crate::sync_mount::adapter(pool.clone()))?;
         let mut seen = Vec::<*const ()>::new();
         let mut lifespan_handlers: Vec<(String, Arc<dyn AsyncHandler>)> = Vec::new();
-        // Mount order is lost by the longest-first sort; startup order follows the table,
-        // which is deterministic for a given router.
-        for r in routes.routes().iter().rev() {
+        // Lifespan startup runs in mount order, shutdown in reverse.
+        for r in routes.in_mount_order() {
             if let (true, Some(h)) = (r.lifespan, &r.target) {
                 let ptr = Arc::as_ptr(h) as *const ();
                 if !seen.contains(&ptr) {

@@ -252,6 +252,15 @@ impl Future for ResponseFuture {
         let Driving { driver, mut record } = *driving;
         let response = match produced {
             Produced::Full(full_response) => finish_full(full_response, record),
+            Produced::Stream(status, headers, _) if record.is_head() => {
+                // No body for HEAD (hyper leaves it out over HTTP/1.1, not over HTTP/2): the
+                // handler is done with as soon as its head is out.
+                drop(driver);
+                let mut response = Response::new(Bytes::new());
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                finish_full(response, record)
+            }
             Produced::Stream(status, headers, exact) => {
                 record.status = Some(status);
                 let mut response = Response::new(ResponseBody::stream(driver, exact, record));
@@ -281,13 +290,19 @@ enum Produced {
 
 /// Wraps a complete response's body, recording it in the access log.
 fn finish_full(response: Response<Bytes>, mut record: AccessRecord) -> Response<ResponseBody> {
-    let (parts, body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
     record.status = Some(parts.status);
-    record.bytes = if record.is_head() {
-        0
-    } else {
-        body.len() as u64
-    };
+    if record.is_head() {
+        // HEAD gets the headers a GET would, without the body. hyper leaves the body out over
+        // HTTP/1.1 but not over HTTP/2, so it is left out here for both.
+        if !body.is_empty() && !parts.headers.contains_key(CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        body = Bytes::new();
+    }
+    record.bytes = body.len() as u64;
     // A complete body is handed to hyper in one frame; hyper may drop it without polling
     // (HEAD), so it counts as complete now.
     record.outcome = Outcome::Complete;

@@ -1,0 +1,338 @@
+//! Shared helpers for the end-to-end tests: a real HTTP client (hyper's, over HTTP/1.1 or
+//! HTTP/2 prior knowledge), bounded waits, and request bodies.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The bound on every "this should happen" wait: generous, for a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Awaits `f`, failing the test with `what` if it takes longer than [`PATIENCE`].
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {PATIENCE:?}: {what}"),
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds, up to [`PATIENCE`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// Installs a `tracing` subscriber writing to the test output, once per test binary
+/// (`RUST_LOG` sets the filter; quiet by default).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A request body the tests send: complete (with a `Content-Length`), chunked from a list, or
+/// fed from a channel.
+pub enum Body {
+    Full(Option<Bytes>),
+    Chunks(VecDeque<Bytes>),
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match &mut *self {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Chunks(c) => Poll::Ready(c.pop_front().map(|b| Ok(Frame::data(b)))),
+            Body::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(b) => b.is_none(),
+            Body::Chunks(c) => c.is_empty(),
+            Body::Channel(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// No body.
+pub fn empty() -> Body {
+    Body::Full(None)
+}
+
+/// A body sent with its `Content-Length`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    let b = bytes.into();
+    Body::Full((!b.is_empty()).then_some(b))
+}
+
+/// A body of unknown length (chunked over HTTP/1.1), sent as these pieces.
+pub fn chunked(chunks: impl IntoIterator<Item = Bytes>) -> Body {
+    Body::Chunks(chunks.into_iter().collect())
+}
+
+/// A body of unknown length fed through the returned sender; dropping it ends the body.
+pub fn channel() -> (mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = mpsc::channel(4);
+    (tx, Body::Channel(rx))
+}
+
+/// HTTP/1.1 or HTTP/2 (prior knowledge, no TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    H1,
+    H2,
+}
+
+pub const BOTH: [Proto; 2] = [Proto::H1, Proto::H2];
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Body>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
+}
+
+/// One client connection.
+pub struct Conn {
+    sender: Sender,
+    addr: SocketAddr,
+    pub proto: Proto,
+    task: JoinHandle<()>,
+    pub local_addr: SocketAddr,
+}
+
+impl Conn {
+    /// Connects to `addr` over `proto`.
+    pub async fn open(addr: SocketAddr, proto: Proto) -> Conn {
+        within("connecting", Conn::try_open(addr, proto))
+            .await
+            .expect("connecting to the test server")
+    }
+
+    /// Connects, returning the error rather than failing the test.
+    pub async fn try_open(addr: SocketAddr, proto: Proto) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        let local_addr = stream.local_addr()?;
+        let io = TokioIo::new(stream);
+        let (sender, task) = match proto {
+            Proto::H1 => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                (
+                    Sender::H1(sender),
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    }),
+                )
+            }
+            Proto::H2 => {
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                (
+                    Sender::H2(sender),
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    }),
+                )
+            }
+        };
+        Ok(Conn {
+            sender,
+            addr,
+            proto,
+            task,
+            local_addr,
+        })
+    }
+
+    /// A request to `path` with the URI form this protocol wants.
+    pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
+        match self.proto {
+            Proto::H1 => Request::builder()
+                .method(method)
+                .uri(path)
+                .header(http::header::HOST, self.addr.to_string()),
+            Proto::H2 => Request::builder()
+                .method(method)
+                .uri(format!("http://{}{path}", self.addr))
+                .version(Version::HTTP_2),
+        }
+    }
+
+    /// Sends `req`; the response's body is still to be read.
+    pub async fn send(&mut self, req: Request<Body>) -> hyper::Result<Response<Incoming>> {
+        match &mut self.sender {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    }
+
+    /// Sends `req` and reads the whole response, within [`PATIENCE`].
+    pub async fn fetch(&mut self, req: Request<Body>) -> Reply {
+        let what = format!("{} {}", req.method(), req.uri());
+        within(&what, async {
+            let resp = self.send(req).await.expect("sending the request");
+            Reply::read(resp).await.expect("reading the response body")
+        })
+        .await
+    }
+
+    /// `GET path`.
+    pub async fn get(&mut self, path: &str) -> Reply {
+        let req = self.request(Method::GET, path).body(empty()).unwrap();
+        self.fetch(req).await
+    }
+
+    /// `POST path` with `body`.
+    pub async fn post(&mut self, path: &str, body: Body) -> Reply {
+        let req = self.request(Method::POST, path).body(body).unwrap();
+        self.fetch(req).await
+    }
+
+    /// A handle for sending requests concurrently on this HTTP/2 connection.
+    pub fn h2_sender(&self) -> hyper::client::conn::http2::SendRequest<Body> {
+        match &self.sender {
+            Sender::H2(s) => s.clone(),
+            Sender::H1(_) => panic!("h2_sender on an HTTP/1.1 connection"),
+        }
+    }
+
+    /// Whether the connection has ended (closed by either side).
+    pub fn is_closed(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits until the connection has ended.
+    pub async fn closed(&mut self) {
+        within("the connection to close", &mut self.task)
+            .await
+            .expect("the connection task");
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub async fn read(resp: Response<Incoming>) -> hyper::Result<Reply> {
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("a UTF-8 body")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// `GET path` on a fresh connection.
+pub async fn get(addr: SocketAddr, proto: Proto, path: &str) -> Reply {
+    Conn::open(addr, proto).await.get(path).await
+}
+
+/// Reads a whole response body, returning whether it ended cleanly.
+pub async fn body_ends_cleanly(resp: Response<Incoming>) -> bool {
+    let mut body = resp.into_body();
+    loop {
+        match body.frame().await {
+            None => return body.is_end_stream(),
+            Some(Ok(_)) => {}
+            Some(Err(_)) => return false,
+        }
+    }
+}
+
+/// A raw TCP exchange: writes `request`, then reads until the server closes or `limit`
+/// passes; returns what was read and whether the server closed.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> (Vec<u8>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connecting");
+    if !request.is_empty() {
+        stream
+            .write_all(request)
+            .await
+            .expect("writing the request");
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (out, closed)
+}
