@@ -6,7 +6,7 @@
 //!   request context, cancellation, errors.
 //! - [`sync_to_async_crate`] (`amphi-sync-to-async`): [`sync_to_async`], [`SyncToAsync`],
 //!   [`BlockingPool`].
-//! - [`async_to_sync_crate`] (`amphi-async-to-sync`): drive futures from blocking code.
+//! - [`async_to_sync_crate`] (`amphi-async-to-sync`): [`async_to_sync`], [`AsyncToSync`].
 //! - [`server`] (`amphi-server`): [`Server`], [`Router`], [`Serving`].
 //! - [`prelude`]: the names most programs need, in one `use`.
 //!
@@ -37,6 +37,8 @@ pub use amphi_sync_to_async::{sync_to_async, BlockingPool, SyncToAsync};
 /// The adapters that drive async work from blocking code (`amphi-async-to-sync`).
 pub use amphi_async_to_sync as async_to_sync_crate;
 
+pub use amphi_async_to_sync::{async_to_sync, AsyncToSync};
+
 /// The server (`amphi-server`).
 pub use amphi_server as server;
 
@@ -48,6 +50,7 @@ pub use amphi_server::{shutdown_signal, Router, ServeError, Server, Serving, Shu
 /// body types, the async protocol (scopes, events, messages, `receive`/`send`), context,
 /// state, errors, both adapters, and the server.
 pub mod prelude {
+    pub use amphi_async_to_sync::{async_to_sync, AsyncToSync};
     pub use amphi_core::{
         asgi_fn, async_fn, sync_fn, AsyncBody, AsyncHandler, AsyncRequest, AsyncResponse,
         BlockingBody, CancellationToken, Context, Error, ErrorKind, Event, HttpScope,

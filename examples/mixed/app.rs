@@ -1,0 +1,418 @@
+//! The `mixed` app: one sync app mounted at `/sync`, one async app mounted at `/async`.
+//!
+//! `main.rs` parses the flags and serves it; the end-to-end tests in `tests/` include this
+//! file, so they test exactly what the example serves.
+
+use std::ffi::OsString;
+use std::io::{BufRead, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use amphi::prelude::*;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+
+/// The command line of the example.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// `--bind ADDR`
+    pub(crate) bind: String,
+    /// `--blocking-threads N`
+    pub(crate) blocking_threads: usize,
+    /// `--queue-timeout-ms MS`
+    pub(crate) queue_timeout: Duration,
+    /// `--max-body BYTES`
+    pub(crate) max_body: u64,
+    /// `--header-timeout-ms MS`
+    pub(crate) header_timeout: Duration,
+    /// `--grace-ms MS`
+    pub(crate) grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            bind: "127.0.0.1:8000".into(),
+            blocking_threads: amphi::server::DEFAULT_BLOCKING_THREADS,
+            queue_timeout: amphi::server::DEFAULT_QUEUE_TIMEOUT,
+            max_body: amphi::server::DEFAULT_MAX_BODY_BYTES,
+            header_timeout: amphi::server::DEFAULT_HEADER_READ_TIMEOUT,
+            grace: amphi::server::DEFAULT_GRACE_PERIOD,
+        }
+    }
+}
+
+pub(crate) const USAGE: &str =
+    "usage: mixed [--bind ADDR] [--blocking-threads N] [--queue-timeout-ms MS] \
+[--max-body BYTES] [--header-timeout-ms MS] [--grace-ms MS]";
+
+impl Options {
+    /// Parses the flags (without the program name).
+    pub(crate) fn parse(
+        args: impl IntoIterator<Item = OsString>,
+    ) -> Result<Options, lexopt::Error> {
+        use lexopt::prelude::*;
+        let mut opts = Options::default();
+        let mut parser = lexopt::Parser::from_args(args);
+        while let Some(arg) = parser.next()? {
+            match arg {
+                Long("bind") => opts.bind = parser.value()?.string()?,
+                Long("blocking-threads") => {
+                    opts.blocking_threads = parser.value()?.parse()?;
+                    if opts.blocking_threads == 0 {
+                        return Err("--blocking-threads must be at least 1".into());
+                    }
+                }
+                Long("queue-timeout-ms") => {
+                    opts.queue_timeout = Duration::from_millis(parser.value()?.parse()?)
+                }
+                Long("max-body") => opts.max_body = parser.value()?.parse()?,
+                Long("header-timeout-ms") => {
+                    opts.header_timeout = Duration::from_millis(parser.value()?.parse()?)
+                }
+                Long("grace-ms") => opts.grace = Duration::from_millis(parser.value()?.parse()?),
+                Long("help") | Short('h') => return Err(USAGE.into()),
+                _ => return Err(arg.unexpected()),
+            }
+        }
+        Ok(opts)
+    }
+
+    /// The server these options describe, serving [`router`].
+    pub(crate) fn server(&self) -> Server {
+        Server::new(router())
+            .blocking_threads(self.blocking_threads)
+            .queue_timeout(self.queue_timeout)
+            .max_body_bytes(self.max_body)
+            .header_read_timeout(Some(self.header_timeout))
+            .grace_period(self.grace)
+    }
+}
+
+/// The app's counters, created by the async app's lifespan startup and shared through the
+/// lifespan state with both apps.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Blocking `/sync/cancellable` calls that stopped because their client went away.
+    pub(crate) cancelled_sync: AtomicU64,
+    /// Calls of `/async/call-sync`.
+    pub(crate) call_sync: AtomicU64,
+}
+
+/// The whole app: the sync app at `/sync`, the async app at `/async`, 404 elsewhere.
+pub(crate) fn router() -> Router {
+    Router::new()
+        .mount_sync("/sync", sync_fn(sync_app))
+        .mount_async("/async", async_app())
+}
+
+/// A query parameter parsed as a number, or `default`.
+fn param(query: &str, name: &str, default: u64) -> u64 {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `GET /info` for both apps: the request as the handler sees it.
+fn info_json(scope: &HttpScope) -> Bytes {
+    let headers: Vec<[String; 2]> = scope
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            [
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ]
+        })
+        .collect();
+    let value = serde_json::json!({
+        "method": scope.method().as_str(),
+        "path": scope.path(),
+        "root_path": scope.root_path(),
+        "query_string": scope.query_string(),
+        "http_version": scope.http_version(),
+        "scheme": scope.scheme(),
+        "client": scope.client().map(|a| a.to_string()),
+        "server": scope.server().map(|a| a.to_string()),
+        "headers": headers,
+    });
+    Bytes::from(value.to_string())
+}
+
+fn json_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h
+}
+
+fn text_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h
+}
+
+fn counters(state: &State) -> Arc<Counters> {
+    // Startup puts them there; a server without the async app's lifespan still works.
+    state.get_or_insert_with(|| Arc::new(Counters::default()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sync app: plain blocking code.
+
+fn sync_response(status: StatusCode, headers: HeaderMap, body: SyncBody) -> SyncResponse {
+    let mut r = http::Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
+}
+
+fn sync_text(status: StatusCode, text: impl Into<Bytes>) -> SyncResponse {
+    sync_response(status, text_headers(), SyncBody::full(text.into()))
+}
+
+fn sync_app(req: SyncRequest) -> SyncResponse {
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match (get, req.method(), req.path()) {
+        (true, _, "/hello") => sync_text(StatusCode::OK, "hello from sync"),
+        (_, &Method::POST, "/echo") => sync_echo(req),
+        (true, _, "/stream") => {
+            let n = param(req.query_string(), "chunks", 1);
+            let size = param(req.query_string(), "size", 1) as usize;
+            let chunk = Bytes::from(vec![b'x'; size]);
+            let body = SyncBody::chunks((0..n).map(move |_| chunk.clone()));
+            sync_response(StatusCode::OK, text_headers(), body)
+        }
+        (true, _, "/sleep") => {
+            let ms = param(req.query_string(), "ms", 0);
+            std::thread::sleep(Duration::from_millis(ms));
+            sync_text(StatusCode::OK, format!("slept {ms} ms"))
+        }
+        (true, _, "/panic") => panic!("the sync handler panicked on purpose"),
+        (true, _, "/info") => sync_response(
+            StatusCode::OK,
+            json_headers(),
+            SyncBody::full(info_json(req.scope())),
+        ),
+        (true, _, "/call-async") => sync_call_async(),
+        (true, _, "/cancellable") => sync_cancellable(&req),
+        _ => sync_text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Streams the request body back. It reads the first chunk before answering, so a body over
+/// the server's limit from the start is a 413 rather than a response cut short.
+fn sync_echo(req: SyncRequest) -> SyncResponse {
+    let (_scope, mut body) = req.into_parts();
+    if let Err(e) = body.fill_buf() {
+        // A body over the limit: SyncToAsync answers 413 for us, whatever we return here.
+        return sync_text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}\n"),
+        );
+    }
+    let stream = SyncBody::writer(move |w| {
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let n = body.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            w.send(Bytes::copy_from_slice(&buf[..n]))?;
+        }
+    });
+    sync_response(StatusCode::OK, HeaderMap::new(), stream)
+}
+
+/// `GET /sync/call-async`: blocking code calling an async function.
+fn sync_call_async() -> SyncResponse {
+    let answer = async_to_sync(async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        42
+    });
+    match answer {
+        Ok(n) => sync_text(StatusCode::OK, format!("async result: {n}")),
+        Err(e) => sync_text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+/// `GET /sync/cancellable?ms=N`: blocking work in 1 ms steps that stops when the client goes.
+fn sync_cancellable(req: &SyncRequest) -> SyncResponse {
+    let ms = param(req.query_string(), "ms", 1000);
+    let token = req.cancellation();
+    for _ in 0..ms {
+        if token.wait_timeout(Duration::from_millis(1)) {
+            counters(req.state())
+                .cancelled_sync
+                .fetch_add(1, Ordering::SeqCst);
+            return sync_text(StatusCode::OK, "cancelled\n");
+        }
+    }
+    sync_text(StatusCode::OK, format!("worked {ms} ms"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The async app: the raw protocol, so the echo can answer 413 before it starts.
+
+thread_local! {
+    /// A `!Send` resource: it lives on the app-wide thread-sensitive context's thread.
+    static CALLS: std::rc::Rc<std::cell::Cell<u64>> = std::rc::Rc::new(std::cell::Cell::new(0));
+}
+
+fn async_app() -> impl AsyncHandler {
+    // One thread-sensitive context for the whole app: every `call-sync` job runs on its one
+    // thread, where the `!Send` counter lives.
+    let app_thread = ThreadSensitive::new();
+    asgi_fn(move |scope, receive, send| {
+        let app_thread = app_thread.clone();
+        async move {
+            match scope {
+                Scope::Http(scope) => async_http(scope, receive, send, app_thread).await,
+                Scope::Lifespan(l) => async_lifespan(l, receive, send).await,
+                // Websockets are not served: returning without accepting denies them.
+                _ => Ok(()),
+            }
+        }
+    })
+}
+
+async fn async_lifespan(
+    scope: LifespanScope,
+    mut receive: Receiver,
+    mut send: Sender,
+) -> Result<(), Error> {
+    loop {
+        match receive.receive().await? {
+            Event::Startup => {
+                scope.state().insert(Arc::new(Counters::default()));
+                send.send(Message::StartupComplete).await?;
+            }
+            Event::Shutdown => return send.send(Message::ShutdownComplete).await,
+            _ => {}
+        }
+    }
+}
+
+async fn respond(
+    send: &mut Sender,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: impl Into<Bytes>,
+) -> Result<(), Error> {
+    send.send(Message::start(status, headers)).await?;
+    send.send(Message::body(body, false)).await
+}
+
+async fn async_http(
+    scope: HttpScope,
+    receive: Receiver,
+    mut send: Sender,
+    app_thread: ThreadSensitive,
+) -> Result<(), Error> {
+    let get = matches!(*scope.method(), Method::GET | Method::HEAD);
+    let query = scope.query_string();
+    match (get, scope.method(), scope.path()) {
+        (true, _, "/hello") => {
+            respond(
+                &mut send,
+                StatusCode::OK,
+                text_headers(),
+                "hello from async",
+            )
+            .await
+        }
+        (_, &Method::POST, "/echo") => async_echo(receive, send).await,
+        (true, _, "/stream") => {
+            let n = param(query, "chunks", 1);
+            let chunk = Bytes::from(vec![b'x'; param(query, "size", 1) as usize]);
+            send.send(Message::start(StatusCode::OK, text_headers()))
+                .await?;
+            for _ in 0..n {
+                send.send(Message::body(chunk.clone(), true)).await?;
+            }
+            send.send(Message::body(Bytes::new(), false)).await
+        }
+        (true, _, "/sleep") => {
+            let ms = param(query, "ms", 0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            respond(
+                &mut send,
+                StatusCode::OK,
+                text_headers(),
+                format!("slept {ms} ms"),
+            )
+            .await
+        }
+        (true, _, "/panic") => panic!("the async handler panicked on purpose"),
+        (true, _, "/info") => {
+            respond(&mut send, StatusCode::OK, json_headers(), info_json(&scope)).await
+        }
+        (true, _, "/call-sync") => {
+            counters(scope.state())
+                .call_sync
+                .fetch_add(1, Ordering::Relaxed);
+            let (thread, count) = sync_to_async(|| {
+                let count = CALLS.with(|c| {
+                    c.set(c.get() + 1);
+                    c.get()
+                });
+                let thread = std::thread::current();
+                (thread.name().unwrap_or("unnamed").to_owned(), count)
+            })
+            .thread_sensitive(&app_thread)
+            .await?;
+            let body = serde_json::json!({ "thread": thread, "count": count }).to_string();
+            respond(&mut send, StatusCode::OK, json_headers(), body).await
+        }
+        (true, _, "/counters") => {
+            let c = counters(scope.state());
+            let body = serde_json::json!({
+                "cancelled_sync": c.cancelled_sync.load(Ordering::SeqCst),
+                "call_sync": c.call_sync.load(Ordering::Relaxed),
+            })
+            .to_string();
+            respond(&mut send, StatusCode::OK, json_headers(), body).await
+        }
+        _ => {
+            respond(
+                &mut send,
+                StatusCode::NOT_FOUND,
+                text_headers(),
+                "not found\n",
+            )
+            .await
+        }
+    }
+}
+
+/// Streams the request body back as it arrives. A body over the limit before the first chunk
+/// is returned as the error, so the server answers 413.
+async fn async_echo(mut receive: Receiver, mut send: Sender) -> Result<(), Error> {
+    let mut started = false;
+    loop {
+        match receive.receive().await? {
+            Event::Request { body, more_body } => {
+                if !started {
+                    send.send(Message::start(StatusCode::OK, HeaderMap::new()))
+                        .await?;
+                    started = true;
+                }
+                send.send(Message::body(body, more_body)).await?;
+                if !more_body {
+                    return Ok(());
+                }
+            }
+            Event::Disconnect => return Ok(()),
+            _ => {}
+        }
+    }
+}

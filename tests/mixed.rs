@@ -1,0 +1,366 @@
+//! End-to-end tests of the `mixed` example's contract (see design.md): every route under both
+//! mounts, over HTTP/1.1 and HTTP/2, with a real client on loopback.
+//!
+//! The app is the example's own code (`examples/mixed/app.rs`), so these tests check exactly
+//! what `cargo run --example mixed` serves.
+
+mod support;
+
+#[path = "../examples/mixed/app.rs"]
+#[allow(dead_code)]
+mod app;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use support::*;
+
+async fn start(flags: &[&str]) -> amphi::Serving {
+    init_tracing();
+    let mut args = vec!["--bind", "127.0.0.1:0"];
+    args.extend_from_slice(flags);
+    let opts = app::Options::parse(args.into_iter().map(Into::into)).expect("valid flags");
+    within("binding", opts.server().bind(opts.bind.as_str()))
+        .await
+        .expect("the mixed app starts")
+}
+
+const MOUNTS: [&str; 2] = ["/sync", "/async"];
+
+fn kind(mount: &str) -> &str {
+    &mount[1..]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_stream_sleep_and_404_under_both_mounts() {
+    let serving = start(&[]).await;
+    let addr = serving.local_addr().unwrap();
+    for proto in BOTH {
+        let mut conn = Conn::open(addr, proto).await;
+        for m in MOUNTS {
+            let r = conn.get(&format!("{m}/hello")).await;
+            assert_eq!(
+                (r.status, r.text()),
+                (StatusCode::OK, &*format!("hello from {}", kind(m)))
+            );
+
+            let r = conn.get(&format!("{m}/stream?chunks=7&size=1000")).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(r.body.len(), 7000);
+            assert!(r.body.iter().all(|&b| b == b'x'));
+
+            let r = conn.get(&format!("{m}/sleep?ms=20")).await;
+            assert_eq!((r.status, r.text()), (StatusCode::OK, "slept 20 ms"));
+
+            assert_eq!(
+                conn.get(&format!("{m}/nothing-here")).await.status,
+                StatusCode::NOT_FOUND
+            );
+
+            let req = conn
+                .request(Method::HEAD, &format!("{m}/hello"))
+                .body(empty())
+                .unwrap();
+            let r = conn.fetch(req).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert!(r.body.is_empty());
+        }
+        for path in ["/", "/hello", "/syncx/hello", "/asyncx"] {
+            assert_eq!(conn.get(path).await.status, StatusCode::NOT_FOUND, "{path}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_describes_the_request_below_its_mount() {
+    let serving = start(&[]).await;
+    let addr = serving.local_addr().unwrap();
+    for proto in BOTH {
+        let mut conn = Conn::open(addr, proto).await;
+        for m in MOUNTS {
+            let req = conn
+                .request(Method::GET, &format!("{m}/info?a=1&b=%20x"))
+                .header("x-probe", "yes")
+                .body(empty())
+                .unwrap();
+            let r = conn.fetch(req).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(r.header("content-type"), Some("application/json"));
+            let j = r.json();
+            assert_eq!(j["method"], "GET");
+            assert_eq!(j["path"], "/info");
+            assert_eq!(j["root_path"], m);
+            assert_eq!(j["query_string"], "a=1&b=%20x");
+            assert_eq!(
+                j["http_version"],
+                if proto == Proto::H1 { "1.1" } else { "2" }
+            );
+            assert_eq!(j["scheme"], "http");
+            assert_eq!(j["client"], conn.local_addr.to_string());
+            assert_eq!(j["server"], addr.to_string());
+            let headers = j["headers"].as_array().unwrap();
+            assert!(
+                headers.iter().any(|h| h[0] == "x-probe" && h[1] == "yes"),
+                "{headers:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_streams_five_mebibytes_back_chunked_and_with_content_length() {
+    let serving = start(&[]).await;
+    let addr = serving.local_addr().unwrap();
+    let payload: Bytes = (0..5 * 1024 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    for proto in BOTH {
+        for m in MOUNTS {
+            let mut conn = Conn::open(addr, proto).await;
+            let r = conn.post(&format!("{m}/echo"), full(payload.clone())).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert!(
+                r.body == payload,
+                "{m} {proto:?} content-length echo differs"
+            );
+
+            let chunks = payload.chunks(64 * 1024).map(Bytes::copy_from_slice);
+            let r = conn.post(&format!("{m}/echo"), chunked(chunks)).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert!(r.body == payload, "{m} {proto:?} chunked echo differs");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_over_the_body_limit_is_413_for_both_kinds() {
+    let serving = start(&["--max-body", "1024"]).await;
+    let addr = serving.local_addr().unwrap();
+    for proto in BOTH {
+        for m in MOUNTS {
+            let mut conn = Conn::open(addr, proto).await;
+            let r = conn
+                .post(&format!("{m}/echo"), full(vec![b'a'; 2048]))
+                .await;
+            assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{m} {proto:?}");
+            // Chunked: a 413 when the first piece is over the limit, a cut response when the
+            // echo had already started; never a complete echo.
+            let mut conn = Conn::open(addr, proto).await;
+            let req = conn
+                .request(Method::POST, &format!("{m}/echo"))
+                .body(chunked([Bytes::from(vec![b'a'; 64 * 1024])]))
+                .unwrap();
+            if let Ok(resp) = within("the echo", conn.send(req)).await {
+                if resp.status() == StatusCode::OK {
+                    assert!(
+                        !within("the body", body_ends_cleanly(resp)).await,
+                        "{m} {proto:?}"
+                    );
+                } else {
+                    assert_eq!(
+                        resp.status(),
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "{m} {proto:?}"
+                    );
+                }
+            }
+            // Within the limit works.
+            let mut conn = Conn::open(addr, proto).await;
+            let r = conn
+                .post(
+                    &format!("{m}/echo"),
+                    chunked([Bytes::from("ab"), Bytes::from("cd")]),
+                )
+                .await;
+            assert_eq!(r.text(), "abcd");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_are_500_and_the_server_carries_on() {
+    let serving = start(&[]).await;
+    let addr = serving.local_addr().unwrap();
+    for proto in BOTH {
+        let mut conn = Conn::open(addr, proto).await;
+        for m in MOUNTS {
+            for _ in 0..3 {
+                let r = conn.get(&format!("{m}/panic")).await;
+                assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+            }
+            assert_eq!(conn.get(&format!("{m}/hello")).await.status, StatusCode::OK);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_calls_async_and_async_calls_sync_on_one_app_thread() {
+    let serving = start(&[]).await;
+    let addr = serving.local_addr().unwrap();
+    for proto in BOTH {
+        let r = get(addr, proto, "/sync/call-async").await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "async result: 42"));
+    }
+    let first = get(addr, Proto::H1, "/async/call-sync").await.json();
+    let second = get(addr, Proto::H2, "/async/call-sync").await.json();
+    assert_eq!(first["thread"], second["thread"], "one app-wide thread");
+    assert_eq!(
+        second["count"].as_u64().unwrap(),
+        first["count"].as_u64().unwrap() + 1
+    );
+
+    // Concurrent calls over one HTTP/2 connection queue on that one thread.
+    let conn = Conn::open(addr, Proto::H2).await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let req = conn
+            .request(Method::GET, "/async/call-sync")
+            .body(empty())
+            .unwrap();
+        let mut sender = conn.h2_sender();
+        tasks.push(tokio::spawn(async move {
+            Reply::read(sender.send_request(req).await.unwrap())
+                .await
+                .unwrap()
+                .json()
+        }));
+    }
+    let mut counts = BTreeSet::new();
+    for t in tasks {
+        let j = within("a call-sync", t).await.unwrap();
+        assert_eq!(j["thread"], first["thread"]);
+        counts.insert(j["count"].as_u64().unwrap());
+    }
+    let base = second["count"].as_u64().unwrap();
+    assert_eq!(counts, (base + 1..=base + 10).collect());
+    let c = get(addr, Proto::H1, "/async/counters").await.json();
+    assert_eq!(c["call_sync"], 12);
+}
+
+async fn cancelled_sync(addr: std::net::SocketAddr) -> u64 {
+    get(addr, Proto::H1, "/async/counters").await.json()["cancelled_sync"]
+        .as_u64()
+        .expect("a cancelled_sync counter")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturation_is_503_async_is_unaffected_and_cancellation_frees_the_slots() {
+    let serving = start(&["--blocking-threads", "2", "--queue-timeout-ms", "50"]).await;
+    let addr = serving.local_addr().unwrap();
+    assert_eq!(cancelled_sync(addr).await, 0);
+    // Take every blocking slot with work that runs until its client leaves.
+    let mut holders = Vec::new();
+    for proto in BOTH {
+        let mut conn = Conn::open(addr, proto).await;
+        let req = conn
+            .request(Method::GET, "/sync/cancellable?ms=600000")
+            .body(empty())
+            .unwrap();
+        holders.push(tokio::spawn(async move {
+            let _ = conn.send(req).await;
+            std::future::pending::<()>().await;
+        }));
+    }
+    eventually("both slots taken", || {
+        serving.blocking_pool().in_flight() == 2
+    })
+    .await;
+    for proto in BOTH {
+        let r = get(addr, proto, "/sync/hello").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{proto:?}");
+        assert_eq!(r.header("retry-after"), Some("1"));
+        let r = get(addr, proto, "/async/hello").await;
+        assert_eq!(r.text(), "hello from async");
+        let r = get(addr, proto, "/async/sleep?ms=5").await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // The clients leave: the blocking handlers see their tokens flip and stop.
+    for h in holders {
+        h.abort();
+    }
+    within("the cancellations to be counted", async {
+        while cancelled_sync(addr).await < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    eventually("the slots to come back", || {
+        serving.blocking_pool().in_flight() == 0
+    })
+    .await;
+    for proto in BOTH {
+        assert_eq!(
+            get(addr, proto, "/sync/hello").await.text(),
+            "hello from sync"
+        );
+    }
+    // A cancellable call left alone finishes its work.
+    let r = get(addr, Proto::H1, "/sync/cancellable?ms=5").await;
+    assert_eq!(r.text(), "worked 5 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_requests_of_both_kinds() {
+    let serving = start(&["--grace-ms", "30000"]).await;
+    let addr = serving.local_addr().unwrap();
+    let mut in_flight = Vec::new();
+    for (proto, path) in [
+        (Proto::H1, "/sync/sleep?ms=400"),
+        (Proto::H2, "/async/sleep?ms=400"),
+        (Proto::H2, "/sync/sleep?ms=400"),
+        (Proto::H1, "/async/sleep?ms=400"),
+    ] {
+        let mut conn = Conn::open(addr, proto).await;
+        in_flight.push(tokio::spawn(async move { conn.get(path).await }));
+    }
+    eventually("the requests to be in flight", || serving.in_flight() == 4).await;
+    let done = tokio::spawn(serving.shutdown());
+    within("new connections to be refused", async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    for r in in_flight {
+        let r = within("an in-flight request", r).await.unwrap();
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "slept 400 ms"));
+    }
+    within("the server to stop", done).await.unwrap().unwrap();
+}
+
+#[test]
+fn flags_parse() {
+    let o = app::Options::parse(
+        [
+            "--bind",
+            "0.0.0.0:9000",
+            "--blocking-threads",
+            "8",
+            "--queue-timeout-ms",
+            "250",
+            "--max-body",
+            "4096",
+            "--header-timeout-ms",
+            "1500",
+            "--grace-ms",
+            "2000",
+        ]
+        .into_iter()
+        .map(Into::into),
+    )
+    .unwrap();
+    assert_eq!(o.bind, "0.0.0.0:9000");
+    assert_eq!(o.blocking_threads, 8);
+    assert_eq!(o.queue_timeout, Duration::from_millis(250));
+    assert_eq!(o.max_body, 4096);
+    assert_eq!(o.header_timeout, Duration::from_millis(1500));
+    assert_eq!(o.grace, Duration::from_millis(2000));
+    let d = app::Options::parse(std::iter::empty()).unwrap();
+    assert_eq!(d.bind, "127.0.0.1:8000");
+    assert!(app::Options::parse(["--frobnicate".into()]).is_err());
+    assert!(app::Options::parse(["--blocking-threads".into(), "zero".into()]).is_err());
+    assert!(app::Options::parse(["--blocking-threads".into(), "0".into()]).is_err());
+}
