@@ -78,6 +78,8 @@ use crate::pool::BlockingPool;
 /// use std::io::Read;
 /// use std::sync::Arc;
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let upper = sync_fn(|mut req: SyncRequest| {
 ///     let mut text = String::new();
 ///     req.body_mut().read_to_string(&mut text).unwrap();
@@ -85,8 +87,6 @@ use crate::pool::BlockingPool;
 /// });
 /// let app = Arc::new(SyncToAsync::new(upper).with_pool(BlockingPool::new(64)));
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
 /// let req = http::Request::post("/").body(bytes::Bytes::from("shout")).unwrap();
 /// let resp = amphi_core::testing::call(&app, req).await.unwrap();
 /// assert_eq!(resp.body, "SHOUT");
