@@ -803,3 +803,103 @@ async fn serves_over_a_unix_socket() {
     within("shutdown", serving.shutdown()).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_new_connections_wait_for_a_free_one() {
+    let (probe, _rx) = Probe::new();
+    let serving = start(test_server(&probe).max_connections(1)).await;
+    let addr = serving.local_addr().unwrap();
+    let mut first = Conn::open(addr, Proto::H1).await;
+    assert_eq!(first.get("/a/hello").await.status, StatusCode::OK);
+    // The second connection is accepted by the kernel but not served while the first is open.
+    let second = tokio::spawn(async move { get(addr, Proto::H1, "/a/hello").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!second.is_finished(), "served past the connection limit");
+    drop(first);
+    let r = within("the second connection to be served", second)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+/// Records the fields of every `amphi::access` event.
+mod access_capture {
+    use std::collections::BTreeMap;
+    use std::fmt::Debug;
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::{Event, Subscriber};
+    use tracing_subscriber::layer::{Context, Layer};
+
+    pub(crate) type Lines = Arc<Mutex<Vec<BTreeMap<String, String>>>>;
+
+    pub(crate) struct Capture(pub(crate) Lines);
+
+    struct Fields(BTreeMap<String, String>);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+
+    impl<S: Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+            if event.metadata().target() == "amphi::access" {
+                let mut fields = Fields(BTreeMap::new());
+                event.record(&mut fields);
+                self.0.lock().unwrap().push(fields.0);
+            }
+        }
+    }
+}
+
+// A current-thread runtime, so the server's tasks (where access lines are logged) run on the
+// thread whose default subscriber captures them.
+#[tokio::test(flavor = "current_thread")]
+async fn every_request_gets_an_access_log_line() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let lines = access_capture::Lines::default();
+    let subscriber = tracing_subscriber::registry().with(access_capture::Capture(lines.clone()));
+    let _default = tracing::subscriber::set_default(subscriber);
+    let (probe, _rx) = Probe::new();
+    let serving = Server::new(test_router(&probe))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = serving.local_addr().unwrap();
+    let mut conn = Conn::open(addr, Proto::H1).await;
+    conn.get("/s/hello").await;
+    conn.get("/a/stream").await;
+    conn.get("/nowhere").await;
+    conn.get("/a/panic").await;
+    within("shutdown", serving.shutdown()).await.unwrap();
+    let lines = lines.lock().unwrap().clone();
+    let find = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l.get("path").map(String::as_str) == Some(path))
+            .unwrap_or_else(|| panic!("no access line for {path}: {lines:?}"))
+            .clone()
+    };
+    let l = find("/s/hello");
+    assert_eq!(l["method"], "GET");
+    assert_eq!(l["status"], "200");
+    assert_eq!(l["bytes"], "10");
+    assert_eq!(l["kind"], "sync");
+    assert_eq!(l["outcome"], "complete");
+    assert!(l.contains_key("duration_us"));
+    let l = find("/a/stream");
+    assert_eq!(
+        (l["kind"].as_str(), l["bytes"].as_str()),
+        ("async", "100000")
+    );
+    let l = find("/nowhere");
+    assert_eq!((l["kind"].as_str(), l["status"].as_str()), ("none", "404"));
+    assert_eq!(find("/a/panic")["status"], "500");
+}
