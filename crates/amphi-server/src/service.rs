@@ -261,6 +261,12 @@ impl Future for ResponseFuture {
                 *response.headers_mut() = headers;
                 finish_full(response, record)
             }
+            Produced::Stream(status, headers, Some(len))
+                if length_mismatch(status, &headers, len) =>
+            {
+                drop(driver);
+                finish_full(length_misuse(&record, len), record)
+            }
             Produced::Stream(status, headers, exact) => {
                 record.status = Some(status);
                 let mut response = Response::new(ResponseBody::stream(driver, exact, record));
@@ -288,8 +294,43 @@ enum Produced {
     Stream(StatusCode, http::HeaderMap, Option<u64>),
 }
 
+/// Whether a `Content-Length` the handler set disagrees with the `len` bytes its complete
+/// body holds. hyper frames a body of known length by that length but writes the handler's
+/// header as it is, so passing both on would write bytes past the declared end: a second,
+/// forged response on an HTTP/1.1 keep-alive connection (release builds; debug builds of
+/// hyper panic instead). Streamed bodies of unknown length are framed by the header itself,
+/// and statuses that cannot have a body get none whatever the header says.
+fn length_mismatch(status: StatusCode, headers: &http::HeaderMap, len: u64) -> bool {
+    if status.is_informational()
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+    {
+        return false;
+    }
+    headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .any(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) != Some(len))
+}
+
+/// The 500 for a handler whose `Content-Length` disagrees with its body.
+fn length_misuse(record: &AccessRecord, len: u64) -> Response<Bytes> {
+    tracing::error!(
+        path = record.path(),
+        body_len = len,
+        "protocol misuse: the handler's content-length does not match its body"
+    );
+    plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
+}
+
 /// Wraps a complete response's body, recording it in the access log.
 fn finish_full(response: Response<Bytes>, mut record: AccessRecord) -> Response<ResponseBody> {
+    let len = response.body().len() as u64;
+    let response =
+        if !record.is_head() && length_mismatch(response.status(), response.headers(), len) {
+            length_misuse(&record, len)
+        } else {
+            response
+        };
     let (mut parts, mut body) = response.into_parts();
     record.status = Some(parts.status);
     if record.is_head() {
