@@ -336,3 +336,176 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> 
     .is_ok();
     (out, closed)
 }
+
+/// Counts live handler invocations: each [`Live::enter`] guard counts one until dropped, so
+/// a handler that leaks (is never dropped, or never returns) keeps the count up. Also keeps
+/// the high-water mark, to check a bound on concurrency.
+#[derive(Clone, Default)]
+pub struct Live {
+    inner: std::sync::Arc<LiveInner>,
+}
+
+#[derive(Default)]
+struct LiveInner {
+    now: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+    total: std::sync::atomic::AtomicUsize,
+}
+
+/// One live handler, counted until dropped.
+pub struct LiveGuard(Live);
+
+impl Live {
+    pub fn new() -> Live {
+        Live::default()
+    }
+
+    /// Counts one more live handler until the guard is dropped.
+    pub fn enter(&self) -> LiveGuard {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.inner.now.fetch_add(1, SeqCst) + 1;
+        self.inner.peak.fetch_max(now, SeqCst);
+        self.inner.total.fetch_add(1, SeqCst);
+        LiveGuard(self.clone())
+    }
+
+    /// Handlers alive right now.
+    pub fn now(&self) -> usize {
+        self.inner.now.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most handlers ever alive at once.
+    pub fn peak(&self) -> usize {
+        self.inner.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Handlers ever entered.
+    pub fn total(&self) -> usize {
+        self.inner.total.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0
+            .inner
+            .now
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// One HTTP/1.1 response parsed from raw bytes.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &v[..])
+    }
+}
+
+/// Parses every complete HTTP/1.x response in `bytes` (bodies framed by `Content-Length` or
+/// chunked; `head` says the request was HEAD). Returns the responses and whatever trailing
+/// bytes did not form a complete response, so a test can assert how many responses one
+/// connection got and that nothing else came.
+pub fn parse_responses(mut bytes: &[u8], head: bool) -> (Vec<RawResponse>, Vec<u8>) {
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
+    let mut out = Vec::new();
+    while let Some(end) = find(bytes, b"\r\n\r\n") {
+        let raw_head = &bytes[..end];
+        let mut lines = raw_head
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let status_line = lines.next().unwrap_or(b"");
+        let Some(status) = status_line
+            .strip_prefix(b"HTTP/1.")
+            .and_then(|s| s.get(2..5))
+            .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
+        else {
+            break;
+        };
+        // Header values may hold non-UTF-8 bytes: keep them as bytes.
+        let headers: Vec<(String, Vec<u8>)> = lines
+            .filter_map(|line| {
+                let colon = line.iter().position(|&b| b == b':')?;
+                let name = String::from_utf8_lossy(&line[..colon]).trim().to_owned();
+                Some((name, line[colon + 1..].trim_ascii().to_vec()))
+            })
+            .collect();
+        let rest = &bytes[end + 4..];
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let no_body = head || status == 204 || status == 304 || (100..200).contains(&status);
+        let (body, used) = if no_body {
+            (Vec::new(), 0)
+        } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            let mut body = Vec::new();
+            let mut pos = 0;
+            let mut complete = false;
+            while let Some(line_end) = find(&rest[pos..], b"\r\n") {
+                let size_text = String::from_utf8_lossy(&rest[pos..pos + line_end]).into_owned();
+                let Ok(size) =
+                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                else {
+                    break;
+                };
+                pos += line_end + 2;
+                if size == 0 {
+                    // Trailers, then an empty line.
+                    match find(&rest[pos..], b"\r\n") {
+                        Some(0) => {
+                            pos += 2;
+                            complete = true;
+                        }
+                        Some(_) => {
+                            if let Some(t) = find(&rest[pos..], b"\r\n\r\n") {
+                                pos += t + 4;
+                                complete = true;
+                            }
+                        }
+                        None => {}
+                    }
+                    break;
+                }
+                if rest.len() < pos + size + 2 {
+                    break;
+                }
+                body.extend_from_slice(&rest[pos..pos + size]);
+                pos += size + 2;
+            }
+            if !complete {
+                break;
+            }
+            (body, pos)
+        } else if let Some(len) = header("content-length") {
+            let Ok(len) = len.parse::<usize>() else { break };
+            if rest.len() < len {
+                break;
+            }
+            (rest[..len].to_vec(), len)
+        } else {
+            // Delimited by the connection closing: the rest is the body.
+            (rest.to_vec(), rest.len())
+        };
+        out.push(RawResponse {
+            status,
+            headers,
+            body,
+        });
+        bytes = &rest[used..];
+    }
+    (out, bytes.to_vec())
+}
