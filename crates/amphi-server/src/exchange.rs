@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, Waker};
 
-use amphi_core::{Error, ErrorKind, Event, EventSource, Message, MessageSink};
+use amphi_core::{CancellationToken, Error, ErrorKind, Event, EventSource, Message, MessageSink};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::Body as _;
@@ -131,16 +131,24 @@ pub(crate) struct IncomingSource {
     received: u64,
     state: Reading,
     exchange: Arc<Exchange>,
+    /// The request's token, flipped when the body breaks (the client went away).
+    token: CancellationToken,
 }
 
 impl IncomingSource {
-    pub(crate) fn new(body: Incoming, limit: u64, exchange: Arc<Exchange>) -> IncomingSource {
+    pub(crate) fn new(
+        body: Incoming,
+        limit: u64,
+        exchange: Arc<Exchange>,
+        token: CancellationToken,
+    ) -> IncomingSource {
         IncomingSource {
             body: Some(body),
             limit,
             received: 0,
             state: Reading::Body,
             exchange,
+            token,
         }
     }
 }
@@ -183,6 +191,10 @@ impl EventSource for IncomingSource {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!(error = %e, "request body read failed; treating it as a disconnect");
+                    // hyper keeps polling the request (HTTP/1.1 stops watching the socket once
+                    // the body failed), so the handler would never be dropped: flip its token
+                    // here, as a disconnect does.
+                    self.token.cancel();
                     self.end(Reading::Gone);
                     return Poll::Ready(Ok(Event::Disconnect));
                 }

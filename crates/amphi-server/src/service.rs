@@ -80,7 +80,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let scope = HttpScope::new(parts, info).with_state(app.state.clone());
         let context = scope.context().clone();
         let exchange = Arc::new(Exchange::default());
-        let receive = Receiver::new(IncomingSource::new(body, app.max_body, exchange.clone()));
+        let receive = Receiver::new(IncomingSource::new(
+            body,
+            app.max_body,
+            exchange.clone(),
+            context.token().clone(),
+        ));
         let send = Sender::http(ExchangeSink(exchange.clone()));
         let handler = handler.clone();
         let fut: BoxFuture<'static, Result<(), Error>> =
