@@ -509,3 +509,105 @@ pub fn parse_responses(mut bytes: &[u8], head: bool) -> (Vec<RawResponse>, Vec<u
     }
     (out, bytes.to_vec())
 }
+
+/// Every `tracing` event of amphi's crates in this test binary, one line each: `LEVEL target: message k=v ...`.
+/// [`capture_logs`] installs the recorder as the global subscriber (instead of
+/// [`init_tracing`]); tests that look for their own lines should use paths of their own, since
+/// the tests of one binary run at once.
+#[derive(Clone)]
+pub struct Logs(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+
+/// Records every `tracing` event from now on (all levels, every target) and returns the
+/// record; idempotent within a test binary.
+pub fn capture_logs() -> Logs {
+    LOGS.get_or_init(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        let logs = Logs(Default::default());
+        let subscriber = tracing_subscriber::registry().with(LogLayer(logs.clone()));
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("capture_logs: another tracing subscriber was installed first");
+        logs
+    })
+    .clone()
+}
+
+impl Logs {
+    /// The lines that contain every one of `needles`.
+    pub fn matching(&self, needles: &[&str]) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (up to [`PATIENCE`]) for a line containing every one of `needles`, and returns it.
+    pub async fn wait_for(&self, needles: &[&str]) -> String {
+        let what = format!("a log line with {needles:?}");
+        within(&what, async {
+            loop {
+                if let Some(l) = self.matching(needles).into_iter().next() {
+                    return l;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+}
+
+struct LogLayer(Logs);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogLayer {
+    // amphi's own events only: hyper's and h2's trace events would flood the record.
+    fn register_callsite(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if meta.target().starts_with("amphi") {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        meta.target().starts_with("amphi")
+    }
+
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    self.0.push_str(&format!(" {value}"));
+                } else {
+                    self.0.push_str(&format!(" {}={value}", field.name()));
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0.push_str(&format!(" {value:?}"));
+                } else {
+                    self.0.push_str(&format!(" {}={value:?}", field.name()));
+                }
+            }
+        }
+        let meta = event.metadata();
+        let mut line = Line(format!("{} {}:", meta.level(), meta.target()));
+        event.record(&mut line);
+        self.0 .0.lock().unwrap().push(line.0);
+    }
+}
