@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Flags: `--bind ADDR`, `--blocking-threads N`, `--queue-timeout-ms MS`, `--max-body BYTES`,
-//! `--header-timeout-ms MS`, `--grace-ms MS`. Logs go to stderr (`RUST_LOG` sets the filter;
+//! `--header-timeout-ms MS` (0 disables it), `--grace-ms MS`. Logs go to stderr (`RUST_LOG` sets the filter;
 //! the access log is the `amphi::access` target). SIGINT or SIGTERM drains and exits 0.
 
 mod app;

@@ -193,11 +193,11 @@ impl Server {
 
     /// How long a client may take to send a complete request head (HTTP/1.1), and a new
     /// connection to send its first request (both protocols); `None` disables both. Also the
-    /// idle timeout of HTTP/1.1 keep-alive connections. Default
-    /// [`DEFAULT_HEADER_READ_TIMEOUT`] (10 s).
+    /// idle timeout of HTTP/1.1 keep-alive connections. `Some(Duration::ZERO)` also disables
+    /// them. Default [`DEFAULT_HEADER_READ_TIMEOUT`] (10 s).
     #[must_use]
     pub fn header_read_timeout(mut self, timeout: Option<Duration>) -> Server {
-        self.header_read_timeout = timeout;
+        self.header_read_timeout = timeout.filter(|t| !t.is_zero());
         self
     }
 

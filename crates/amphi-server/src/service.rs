@@ -92,7 +92,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             Box::pin(async move { handler.call(Scope::Http(scope), receive, send).await });
         record.status = None;
         ResponseFuture {
-            state: Stage::Driving(Box::new(Driving {
+            state: Stage::Driving(Driving {
                 driver: Driver {
                     fut: Some(fut),
                     guard: Some(context.token().clone().drop_guard()),
@@ -100,7 +100,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                     exchange,
                 },
                 record,
-            })),
+            }),
         }
     }
 }
@@ -168,7 +168,7 @@ struct Driving {
 #[allow(clippy::large_enum_variant)]
 enum Stage {
     Ready(Option<(Response<Bytes>, AccessRecord)>),
-    Driving(Box<Driving>),
+    Driving(Driving),
     Done,
 }
 
@@ -254,7 +254,7 @@ impl Future for ResponseFuture {
         let Stage::Driving(driving) = std::mem::replace(&mut this.state, Stage::Done) else {
             unreachable!("matched Driving above")
         };
-        let Driving { driver, mut record } = *driving;
+        let Driving { driver, mut record } = driving;
         let response = match produced {
             Produced::Full(full_response) => finish_full(full_response, record),
             Produced::Stream(status, headers, _) if record.is_head() => {
