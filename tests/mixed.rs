@@ -222,6 +222,7 @@ async fn sync_calls_async_and_async_calls_sync_on_one_app_thread() {
             .unwrap();
         let mut sender = conn.h2_sender();
         tasks.push(tokio::spawn(async move {
+            sender.ready().await.unwrap();
             Reply::read(sender.send_request(req).await.unwrap())
                 .await
                 .unwrap()

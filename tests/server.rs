@@ -289,6 +289,7 @@ async fn http2_streams_of_both_kinds_run_concurrently_on_one_connection() {
         let req = conn.request(Method::GET, path).body(empty()).unwrap();
         let mut sender = conn.h2_sender();
         tasks.push(tokio::spawn(async move {
+            sender.ready().await.expect("an open connection");
             let resp = sender.send_request(req).await.expect("sending");
             Reply::read(resp).await.expect("reading").status
         }));
@@ -792,6 +793,7 @@ async fn serves_over_a_unix_socket() {
             .body(empty())
             .unwrap();
         let r = within("a request", async {
+            sender.ready().await.unwrap();
             Reply::read(sender.send_request(req).await.unwrap())
                 .await
                 .unwrap()
