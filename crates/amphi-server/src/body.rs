@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 use crate::access::{AccessRecord, Outcome};
-use crate::service::Driver;
+use crate::service::{Chain, Driver};
 
 /// The body of every response the server sends.
 pub(crate) struct ResponseBody {
@@ -113,13 +113,13 @@ impl http_body::Body for ResponseBody {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
                     if driver.exchange.lock().response_done {
-                        tracing::warn!(error = %e, "handler failed after completing its response");
+                        tracing::warn!(error = %Chain(&e), "handler failed after completing its response");
                         continue;
                     }
                     if e.is_panic() {
-                        tracing::error!(error = %e, path = record.path(), "handler panicked after its response started; cutting it");
+                        tracing::error!(error = %Chain(&e), path = record.path(), "handler panicked after its response started; cutting it");
                     } else {
-                        tracing::warn!(error = %e, path = record.path(), "handler failed after its response started; cutting it");
+                        tracing::warn!(error = %Chain(&e), path = record.path(), "handler failed after its response started; cutting it");
                     }
                     record.outcome = Outcome::Cut;
                     return Poll::Ready(Some(Err(e)));

@@ -219,7 +219,7 @@ impl Future for ResponseFuture {
             Poll::Ready(result) => match (out.head.take(), out.response_done, result) {
                 (Some((status, headers)), true, result) => {
                     if let Err(e) = result {
-                        tracing::warn!(error = %e, "handler failed after completing its response");
+                        tracing::warn!(error = %Chain(&e), "handler failed after completing its response");
                     }
                     if out.trailers.is_some() {
                         Produced::Stream(status, headers, None)
@@ -376,6 +376,23 @@ fn too_large() -> Response<Bytes> {
     plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
 }
 
+/// Displays an error with its `source()` chain: a handler's own error (`Error::handler(e)`,
+/// an `io::Error` from a body) is the source, not the message, and a log line without it
+/// would say only "handler error".
+pub(crate) struct Chain<'a>(pub(crate) &'a Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
 /// The response for a handler that failed before its response started.
 fn error_response(err: &Error, body_too_large: bool) -> Response<Bytes> {
     match err.kind() {
@@ -399,7 +416,7 @@ fn error_response(err: &Error, body_too_large: bool) -> Response<Bytes> {
             plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
         }
         ErrorKind::Protocol => {
-            tracing::error!(error = %err, "protocol misuse by a handler");
+            tracing::error!(error = %Chain(err), "protocol misuse by a handler");
             plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
         }
         ErrorKind::Disconnected | ErrorKind::Cancelled => {
@@ -407,7 +424,7 @@ fn error_response(err: &Error, body_too_large: bool) -> Response<Bytes> {
             plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
         }
         _ => {
-            tracing::error!(error = %err, "handler failed before its response started");
+            tracing::error!(error = %Chain(err), "handler failed before its response started");
             plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
         }
     }
