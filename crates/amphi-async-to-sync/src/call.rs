@@ -37,9 +37,10 @@ use crate::frame::{block_on_drive, lend, Drive};
 ///
 /// The future runs with a child of the caller's request [`Context`](amphi_core::Context)
 /// entered (values shared both ways, cancellation of the request visible inside) and with
-/// the caller's `tracing` span entered. With no current context it gets a new one holding this
-/// thread's [`ThreadSensitive`](amphi_core::ThreadSensitive) loan, so a task wrapped in
-/// `Context::scope` finds this thread too.
+/// the caller's `tracing` span entered. A caller with no current context gets none made up:
+/// there would be no values to carry and nobody to cancel it, and this thread's
+/// [`ThreadSensitive`](amphi_core::ThreadSensitive) loan is found without one (a spawned
+/// task should capture `ThreadSensitive::current()` before it is spawned).
 ///
 /// # Errors
 ///
@@ -79,7 +80,12 @@ pub fn async_to_sync<F: Future>(future: F) -> Result<F::Output, Error> {
     let (loan, context) = lend();
     let span = tracing::Span::current();
     let mut future = std::pin::pin!(future);
-    block_on_drive(&mut PinnedFuture(future.as_mut()), &context, &span, &loan)
+    block_on_drive(
+        &mut PinnedFuture(future.as_mut()),
+        context.as_ref(),
+        &span,
+        &loan,
+    )
 }
 
 struct PinnedFuture<'a, F>(Pin<&'a mut F>);

@@ -128,7 +128,7 @@ impl Drop for Flag {
 /// inside the work.
 pub(crate) fn block_on_drive<D: Drive>(
     work: &mut D,
-    context: &Context,
+    context: Option<&Context>,
     span: &tracing::Span,
     loan: &amphi_core::LentThread,
 ) -> Result<D::Output, Error> {
@@ -143,7 +143,7 @@ pub(crate) fn block_on_drive<D: Drive>(
                 handle.block_on(poll_fn(|cx| {
                     PROBING.with(|p| p.set(false));
                     let _in_poll = Flag::set(&IN_POLL, true);
-                    let _context = context.enter();
+                    let _context = context.map(Context::enter);
                     let _span = span.enter();
                     let _lent = loan.enter();
                     if let Poll::Ready(v) = work.poll_drive(cx) {
@@ -167,7 +167,7 @@ pub(crate) fn block_on_drive<D: Drive>(
             Step::Done(v) => return Ok(v),
             Step::Job(job) => job.run(),
             Step::Blocking => {
-                let _context = context.enter();
+                let _context = context.map(Context::enter);
                 let _span = span.enter();
                 work.run_blocking();
             }
@@ -175,18 +175,10 @@ pub(crate) fn block_on_drive<D: Drive>(
     }
 }
 
-/// A fresh loan of this thread, and the context the work runs in: a child of the current
-/// context when there is one; otherwise a new context holding the loan, so tasks that carry
-/// the context find this thread too.
-pub(crate) fn lend() -> (amphi_core::LentThread, Context) {
+/// A loan of this thread, and the context the work runs in: a child of the current context,
+/// or none when the caller has none (there are no values to carry and nobody to cancel; the
+/// lent thread is still found by `ThreadSensitive::current` during every poll).
+pub(crate) fn lend() -> (amphi_core::LentThread, Option<Context>) {
     let loan = ThreadSensitive::lend_current_thread();
-    let context = match Context::current() {
-        Some(parent) => parent.child(),
-        None => {
-            let context = Context::new();
-            context.insert(loan.thread_sensitive().clone());
-            context
-        }
-    };
-    (loan, context)
+    (loan, Context::current().map(|parent| parent.child()))
 }

@@ -310,7 +310,7 @@ impl Driver {
         let loan = ThreadSensitive::lend_current_thread();
         let context = self.context.clone();
         let span = self.span.clone();
-        block_on_drive(self, &context, &span, &loan)
+        block_on_drive(self, Some(&context), &span, &loan)
     }
 
     fn finished(&mut self, result: Result<(), Error>) {

@@ -6,11 +6,13 @@
 //! in `async_to_sync` so jobs bound to it run there while it waits (asgiref's
 //! `CurrentThreadExecutor`).
 
+use std::cell::Cell;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -112,6 +114,16 @@ struct Inbox {
     state: Mutex<InboxState>,
     /// A dedicated thread waits here for jobs.
     ready: Condvar,
+    /// The queue of a `new()` context (served by a dedicated thread), not a plain thread's.
+    dedicated: bool,
+    /// The owner thread is lent and has handed its lent context out, so jobs may come. Set
+    /// by the owner thread without the lock (a loan is on the hot path of every
+    /// `async_to_sync`, and most loans never hand the context out); read under the lock by
+    /// `submit`; cleared by the owner before it takes the lock to drop orphaned jobs, so a job
+    /// is never left behind.
+    lent_open: AtomicBool,
+    /// The one thread that runs the jobs, once one does.
+    thread: OnceLock<Thread>,
 }
 
 #[derive(Default)]
@@ -121,12 +133,8 @@ struct InboxState {
     waker: Option<Waker>,
     /// A `ThreadSensitive::new()` context's handles are alive: a dedicated thread serves this.
     dedicated_open: bool,
-    /// `async_to_sync` frames lending the owner thread right now.
-    lent: usize,
     /// A dedicated thread is inside its serving loop for this queue (it may be lent, too).
     serving: bool,
-    /// The thread that runs the jobs, once one does.
-    thread: Option<Thread>,
 }
 
 impl Inbox {
@@ -137,16 +145,63 @@ impl Inbox {
                 ..InboxState::default()
             }),
             ready: Condvar::new(),
+            dedicated,
+            lent_open: AtomicBool::new(false),
+            thread: OnceLock::new(),
         })
     }
 }
 
-thread_local! {
+/// What a thread knows about its own queue and loans.
+struct Local {
     /// This thread's own queue: the one it drains while it blocks in `async_to_sync`, and, on
     /// a dedicated thread, the queue of the context it serves.
-    static OWN_INBOX: RefCell<Option<Arc<Inbox>>> = const { RefCell::new(None) };
-    /// The lent context whose future is being polled on this thread right now.
-    static LENT: RefCell<Option<ThreadSensitive>> = const { RefCell::new(None) };
+    inbox: RefCell<Option<Arc<Inbox>>>,
+    /// The lent-context handle for `inbox`, made when first handed out and reused after.
+    handle: RefCell<Option<ThreadSensitive>>,
+    /// Open loans of this thread (nested `async_to_sync` calls).
+    loans: Cell<usize>,
+    /// A future under a loan of this thread is being polled right now.
+    polling: Cell<bool>,
+}
+
+thread_local! {
+    static LOCAL: Local = const {
+        Local {
+            inbox: RefCell::new(None),
+            handle: RefCell::new(None),
+            loans: Cell::new(0),
+            polling: Cell::new(false),
+        }
+    };
+}
+
+/// The handle of this thread's lent context, opening it for jobs. Call only while a loan of
+/// this thread is open.
+fn lent_handle(local: &Local) -> ThreadSensitive {
+    let inbox = local
+        .inbox
+        .borrow_mut()
+        .get_or_insert_with(|| Inbox::new(false))
+        .clone();
+    inbox.thread.get_or_init(thread::current);
+    if !inbox.lent_open.load(Ordering::SeqCst) {
+        inbox.lent_open.store(true, Ordering::SeqCst);
+    }
+    let mut handle = local.handle.borrow_mut();
+    match &*handle {
+        Some(ts) if Arc::ptr_eq(&ts.shared.inbox, &inbox) => ts.clone(),
+        _ => {
+            let ts = ThreadSensitive {
+                shared: Arc::new(Shared {
+                    inbox,
+                    dedicated: None,
+                }),
+            };
+            *handle = Some(ts.clone());
+            ts
+        }
+    }
 }
 
 impl ThreadSensitive {
@@ -181,7 +236,7 @@ impl ThreadSensitive {
     /// The context lent by the thread polling this code, when it runs inside an
     /// `async_to_sync` call: step 1 of [`current`](ThreadSensitive::current) alone.
     pub fn lent() -> Option<ThreadSensitive> {
-        LENT.with(|l| l.borrow().clone())
+        LOCAL.with(|l| (l.polling.get() && l.loans.get() > 0).then(|| lent_handle(l)))
     }
 
     /// Queues `job` to run on this context's thread after the jobs queued before it.
@@ -205,8 +260,8 @@ impl ThreadSensitive {
     fn submit_job(&self, job: Job) -> Result<(), Error> {
         let inbox = &self.shared.inbox;
         let mut s = lock(&inbox.state);
-        if !s.dedicated_open && s.lent == 0 {
-            let thread = describe(s.thread.as_ref());
+        if !s.dedicated_open && !inbox.lent_open.load(Ordering::SeqCst) {
+            let thread = describe(inbox.thread.get());
             drop(s);
             return Err(Error::new(ErrorKind::WrongContext).with_message(format!(
                 "the thread-sensitive context lent by {thread} has ended: that thread's \
@@ -230,8 +285,9 @@ impl ThreadSensitive {
 
     /// Whether the calling thread is the one that runs this context's jobs right now.
     pub fn runs_here(&self) -> bool {
-        OWN_INBOX.with(|own| {
-            own.borrow()
+        LOCAL.with(|l| {
+            l.inbox
+                .borrow()
                 .as_ref()
                 .is_some_and(|i| Arc::ptr_eq(i, &self.shared.inbox))
         })
@@ -240,7 +296,7 @@ impl ThreadSensitive {
     /// The thread that runs this context's jobs, once one has started (a `new()` context
     /// starts its thread on the first job).
     pub fn thread(&self) -> Option<Thread> {
-        lock(&self.shared.inbox.state).thread.clone()
+        self.shared.inbox.thread.get().cloned()
     }
 
     /// Whether two handles run their jobs on one queue (clones do; so do every context lent by
@@ -258,25 +314,10 @@ impl ThreadSensitive {
     /// Loans nest: the context stays open until the outermost loan on the thread is dropped.
     /// If this thread serves a `new()` context, the loan shares that context's queue.
     pub fn lend_current_thread() -> LentThread {
-        let inbox = OWN_INBOX.with(|own| {
-            own.borrow_mut()
-                .get_or_insert_with(|| Inbox::new(false))
-                .clone()
-        });
-        {
-            let mut s = lock(&inbox.state);
-            s.lent += 1;
-            if s.thread.is_none() {
-                s.thread = Some(thread::current());
-            }
-        }
+        // Cheap on purpose: most loans never hand their context out, and then a loan is a
+        // counter in a thread-local.
+        LOCAL.with(|l| l.loans.set(l.loans.get() + 1));
         LentThread {
-            context: ThreadSensitive {
-                shared: Arc::new(Shared {
-                    inbox,
-                    dedicated: None,
-                }),
-            },
             _not_send: std::marker::PhantomData,
         }
     }
@@ -302,8 +343,11 @@ impl fmt::Debug for ThreadSensitive {
             )
             .field(
                 "thread",
-                &s.thread
-                    .as_ref()
+                &self
+                    .shared
+                    .inbox
+                    .thread
+                    .get()
                     .map(|t| (t.name().map(str::to_owned), t.id())),
             )
             .field("queued", &s.jobs.len())
@@ -345,35 +389,43 @@ impl fmt::Debug for Job {
 /// serves no `new()` context), jobs still queued are dropped unrun and later submissions fail
 /// with [`ErrorKind::WrongContext`].
 pub struct LentThread {
-    context: ThreadSensitive,
     // The loan counts frames of this thread: it must end on the thread that took it.
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl LentThread {
     /// The context whose jobs run on this thread while the loan lasts.
-    pub fn thread_sensitive(&self) -> &ThreadSensitive {
-        &self.context
+    pub fn thread_sensitive(&self) -> ThreadSensitive {
+        LOCAL.with(lent_handle)
     }
 
     /// The next job for this thread, or `Pending` with `cx`'s waker registered to be woken
     /// when one is submitted. Run it with [`Job::run`] *outside* any runtime's `block_on`.
     pub fn poll_job(&self, cx: &mut TaskContext<'_>) -> Poll<Job> {
-        let mut s = lock(&self.context.shared.inbox.state);
-        if let Some(job) = s.jobs.pop_front() {
-            return Poll::Ready(job);
-        }
-        match &s.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => s.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        LOCAL.with(|l| {
+            let inbox = l.inbox.borrow();
+            let Some(inbox) = inbox.as_ref() else {
+                return Poll::Pending; // never handed out: no job can come
+            };
+            if !inbox.dedicated && !inbox.lent_open.load(Ordering::SeqCst) {
+                return Poll::Pending; // never handed out: no job can come
+            }
+            let mut s = lock_inbox(inbox);
+            if let Some(job) = s.jobs.pop_front() {
+                return Poll::Ready(job);
+            }
+            match &s.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => s.waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
     }
 
     /// Makes this loan's context what [`ThreadSensitive::current`] returns on this thread
     /// until the guard drops. Enter it around each poll of the future the thread blocks on.
     pub fn enter(&self) -> LentGuard {
-        let previous = LENT.with(|l| l.replace(Some(self.context.clone())));
+        let previous = LOCAL.with(|l| l.polling.replace(true));
         LentGuard {
             previous,
             _not_send: std::marker::PhantomData,
@@ -383,11 +435,26 @@ impl LentThread {
 
 impl Drop for LentThread {
     fn drop(&mut self) {
-        let inbox = &self.context.shared.inbox;
-        let mut s = lock_inbox(inbox);
-        s.lent -= 1;
+        let inbox = LOCAL.with(|l| {
+            let loans = l.loans.get() - 1;
+            l.loans.set(loans);
+            if loans > 0 {
+                return None; // an outer loan on this thread is still open
+            }
+            // Never handed out: nothing can have been queued through a loan.
+            l.inbox
+                .borrow()
+                .as_ref()
+                .filter(|i| i.lent_open.load(Ordering::SeqCst))
+                .cloned()
+        });
+        let Some(inbox) = inbox else { return };
+        // Closed first, then the lock: a submit either saw it open and queued its job before
+        // we take the lock, or sees it closed.
+        inbox.lent_open.store(false, Ordering::SeqCst);
+        let mut s = lock_inbox(&inbox);
         s.waker = None;
-        let orphans = if s.lent == 0 && !s.dedicated_open && !s.serving {
+        let orphans = if !s.dedicated_open && !s.serving {
             std::mem::take(&mut s.jobs)
         } else {
             VecDeque::new()
@@ -405,7 +472,7 @@ fn lock_inbox(inbox: &Inbox) -> MutexGuard<'_, InboxState> {
 impl fmt::Debug for LentThread {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LentThread")
-            .field("context", &self.context)
+            .field("loans", &LOCAL.with(|l| l.loans.get()))
             .finish()
     }
 }
@@ -413,14 +480,14 @@ impl fmt::Debug for LentThread {
 /// Restores the previously lent context when dropped; see [`LentThread::enter`].
 #[must_use = "the lent context is current only while the guard lives"]
 pub struct LentGuard {
-    previous: Option<ThreadSensitive>,
+    previous: bool,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for LentGuard {
     fn drop(&mut self) {
-        let previous = self.previous.take();
-        LENT.with(|l| *l.borrow_mut() = previous);
+        let previous = self.previous;
+        LOCAL.with(|l| l.polling.set(previous));
     }
 }
 
@@ -475,10 +542,13 @@ fn serve_forever(mut inbox: Arc<Inbox>) {
 
 /// Runs `inbox`'s jobs on this thread until its context has no handles and no jobs left.
 fn serve(inbox: &Arc<Inbox>) {
-    OWN_INBOX.with(|own| *own.borrow_mut() = Some(inbox.clone()));
+    LOCAL.with(|l| {
+        *l.inbox.borrow_mut() = Some(inbox.clone());
+        *l.handle.borrow_mut() = None;
+    });
     {
         let mut s = lock_inbox(inbox);
-        s.thread = Some(thread::current());
+        inbox.thread.get_or_init(thread::current);
         s.serving = true;
     }
     loop {
@@ -504,7 +574,10 @@ fn serve(inbox: &Arc<Inbox>) {
             }
         }
     }
-    OWN_INBOX.with(|own| *own.borrow_mut() = None);
+    LOCAL.with(|l| {
+        *l.inbox.borrow_mut() = None;
+        *l.handle.borrow_mut() = None;
+    });
 }
 
 /// Parks this thread as idle for up to [`IDLE_TIMEOUT`]; returns the next queue to serve.
@@ -571,7 +644,7 @@ mod tests {
     #[test]
     fn lent_context_runs_jobs_on_the_lending_thread_and_closes_after() {
         let loan = ThreadSensitive::lend_current_thread();
-        let ts = loan.thread_sensitive().clone();
+        let ts = loan.thread_sensitive();
         assert!(ts.runs_here());
         let (tx, rx) = mpsc::channel();
         let submitter = {
@@ -620,7 +693,7 @@ mod tests {
             let _lent = loan.enter();
             assert!(ThreadSensitive::current()
                 .unwrap()
-                .same_as(loan.thread_sensitive()));
+                .same_as(&loan.thread_sensitive()));
         }
         assert!(ThreadSensitive::current().unwrap().same_as(&per_request));
     }

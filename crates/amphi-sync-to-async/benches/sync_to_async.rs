@@ -1,2 +1,171 @@
-//! Criterion benches for sync_to_async (filled in below).
-fn main() {}
+//! `sync_to_async` against the raw primitive it wraps, measured in the same run.
+//!
+//! Each benchmark awaits N calls one after another inside one `block_on` of a multi-thread
+//! runtime (2 workers), so what is measured is the per-call round trip: hand the closure to a
+//! blocking thread, wake it, get the result back, wake the task.
+//!
+//! The machine these run on is shared and its load varies from second to second, so every
+//! candidate is measured *interleaved* with its baseline: blocks of 32 candidate calls
+//! alternate with blocks of 32 baseline calls, and only the candidate's blocks are timed.
+//! Both see the same load; compare each candidate with the baseline line of its group.
+//!
+//! `cargo bench -p amphi-sync-to-async -- --warm-up-time 1 --measurement-time 3`
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amphi_core::{sync_fn, testing, SyncBody, SyncHandler, SyncRequest, ThreadSensitive};
+use amphi_sync_to_async::{sync_to_async, BlockingPool, SyncToAsync};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const BLOCK: u64 = 32;
+
+/// Times `iters` calls of `call`, in blocks that alternate with untimed blocks of `other`.
+fn timed<F, Fut, G, Gut>(
+    rt: &tokio::runtime::Runtime,
+    iters: u64,
+    mut call: F,
+    mut other: G,
+) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+    G: FnMut() -> Gut,
+    Gut: std::future::Future<Output = ()>,
+{
+    rt.block_on(async {
+        let mut total = Duration::ZERO;
+        let mut left = iters;
+        while left > 0 {
+            let n = left.min(BLOCK);
+            let start = Instant::now();
+            for _ in 0..n {
+                call().await;
+            }
+            total += start.elapsed();
+            for _ in 0..n {
+                other().await;
+            }
+            left -= n;
+        }
+        total
+    })
+}
+
+fn round_trip(c: &mut Criterion) {
+    let rt = runtime();
+    let pool = BlockingPool::new(64);
+    let ts = ThreadSensitive::new();
+    let baseline = || async {
+        black_box(
+            tokio::task::spawn_blocking(|| black_box(1u64))
+                .await
+                .unwrap(),
+        );
+    };
+    let mut g = c.benchmark_group("sync_to_async");
+    g.bench_function("baseline: spawn_blocking(f).await", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, baseline, baseline))
+    });
+    g.bench_function("sync_to_async(f).await", |b| {
+        b.iter_custom(|iters| {
+            timed(
+                &rt,
+                iters,
+                || async {
+                    black_box(sync_to_async(|| black_box(1u64)).await.unwrap());
+                },
+                baseline,
+            )
+        })
+    });
+    g.bench_function("sync_to_async(f).pool(&pool).await", |b| {
+        b.iter_custom(|iters| {
+            timed(
+                &rt,
+                iters,
+                || async {
+                    black_box(sync_to_async(|| black_box(1u64)).pool(&pool).await.unwrap());
+                },
+                baseline,
+            )
+        })
+    });
+    g.bench_function("sync_to_async(f).thread_sensitive(&ts).await", |b| {
+        b.iter_custom(|iters| {
+            timed(
+                &rt,
+                iters,
+                || async {
+                    black_box(
+                        sync_to_async(|| black_box(1u64))
+                            .thread_sensitive(&ts)
+                            .await
+                            .unwrap(),
+                    );
+                },
+                baseline,
+            )
+        })
+    });
+    g.finish();
+}
+
+fn handler(c: &mut Criterion) {
+    let rt = runtime();
+    let hello = Arc::new(sync_fn(|_req: SyncRequest| {
+        http::Response::new(SyncBody::from("hello from sync"))
+    }));
+    let adapted = Arc::new(SyncToAsync::new(hello.clone()).with_pool(BlockingPool::new(64)));
+    let request = || {
+        http::Request::get("/hello")
+            .body(bytes::Bytes::new())
+            .unwrap()
+    };
+    let baseline = || {
+        let hello = hello.clone();
+        async move {
+            let resp = tokio::task::spawn_blocking(move || {
+                let req = SyncRequest::new(request().map(Into::into));
+                hello.call(req)
+            })
+            .await
+            .unwrap();
+            black_box(resp.into_body().try_into_bytes().ok());
+        }
+    };
+    let mut g = c.benchmark_group("sync handler, one request");
+    g.bench_function(
+        "baseline: spawn_blocking(handler.call(req)) + collect",
+        |b| b.iter_custom(|iters| timed(&rt, iters, baseline, baseline)),
+    );
+    g.bench_function("SyncToAsync(handler) via testing::call", |b| {
+        b.iter_custom(|iters| {
+            timed(
+                &rt,
+                iters,
+                || {
+                    let adapted = adapted.clone();
+                    async move {
+                        black_box(testing::call(&adapted, request()).await.unwrap());
+                    }
+                },
+                baseline,
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, round_trip, handler);
+criterion_main!(benches);
