@@ -199,7 +199,7 @@ pub fn render(r: &Results) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" viewBox="0 0 {W} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">
 <style>.h{{font-size:18px;font-weight:bold}} .t{{font-size:13px;font-weight:bold}} .l{{font-size:12px}} .v{{font-size:11px;fill:#333}}</style>
 <rect width="100%" height="100%" fill="white"/>
-<text x="20" y="30" class="h">amphi side by side: one run on one machine, loopback, higher bars are better except latency and memory</text>
+<text x="20" y="30" class="h">amphi side by side: one run, loopback, same machine (bars: higher is better for requests/s)</text>
 {body}{legend}</svg>
 "#
     )

@@ -16,6 +16,9 @@ pub struct LoadResult {
     pub p99_us: f64,
     /// Socket errors, timeouts and non-2xx/3xx responses.
     pub errors: u64,
+    /// Server CPU time (user + system, all its processes) per completed request, in µs. On a
+    /// machine shared with the load generator this is steadier than requests/s.
+    pub cpu_us_per_req: Option<f64>,
 }
 
 /// One wrk run.
@@ -141,6 +144,7 @@ fn parse_wrk(text: &str) -> Option<LoadResult> {
         p50_us: p50,
         p99_us: p99,
         errors: errors as u64,
+        cpu_us_per_req: None,
     })
 }
 
@@ -208,6 +212,7 @@ fn parse_h2load(text: &str, log: &str) -> Option<LoadResult> {
         p50_us: percentile(&durations, 50.0),
         p99_us: percentile(&durations, 99.0),
         errors: done.saturating_sub(succeeded),
+        cpu_us_per_req: None,
     })
 }
 

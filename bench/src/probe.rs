@@ -207,6 +207,38 @@ pub struct IdleMemory {
     pub rss_after_kib: u64,
 }
 
+/// CPU time (user + system) used so far by every process in process group `pgid` (the
+/// harness starts each server as its own group), in microseconds.
+pub fn group_cpu_us(pgid: u32) -> u64 {
+    static TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let tick = *TICK.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100)
+    });
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut ticks = 0u64;
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after "pid (comm) ": state ppid pgrp ... utime(14th) stime(15th).
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 12 && f[2].parse::<u32>().ok() == Some(pgid) {
+            ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    ticks * 1_000_000 / tick.max(1)
+}
+
 /// VmRSS of a process, in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64, String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -287,7 +287,7 @@ pub fn render(r: &Results) -> String {
             continue;
         }
         let _ = writeln!(s, "\n### {}\n", case.title());
-        let _ = writeln!(s, "| server | requests/s | p50 | p99 | errors | × raw hyper |\n|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "| server | requests/s | p50 | p99 | errors | × raw hyper | server CPU per request |\n|---|---:|---:|---:|---:|---:|---:|");
         let floor = r.cell(case, "hyper").and_then(Result::ok).map(|x| x.rps);
         for (name, _, _) in &r.targets {
             match r.cell(case, name) {
@@ -296,12 +296,14 @@ pub fn render(r: &Results) -> String {
                     p50_us,
                     p99_us,
                     errors,
+                    cpu_us_per_req,
                     ..
                 })) => {
                     let ratio = floor.map_or("-".to_owned(), |f| format!("{:.2}", rps / f));
+                    let cpu = cpu_us_per_req.map_or("-".to_owned(), |c| format!("{c:.1} µs"));
                     let _ = writeln!(
                         s,
-                        "| {name} | {} | {} | {} | {errors} | {ratio} |",
+                        "| {name} | {} | {} | {} | {errors} | {ratio} | {cpu} |",
                         thousands(rps),
                         dur(p50_us),
                         dur(p99_us)
@@ -309,7 +311,7 @@ pub fn render(r: &Results) -> String {
                 }
                 Some(Err(e)) => {
                     let e = e.lines().next().unwrap_or("").replace('|', "/");
-                    let _ = writeln!(s, "| {name} | n/a ({e}) | | | | |");
+                    let _ = writeln!(s, "| {name} | n/a ({e}) | | | | | |");
                 }
                 None => {}
             }

@@ -282,8 +282,8 @@ pub fn run(opts: Options) -> Result<(), String> {
                     let r = run_case(case, target, &server, &opts, &scratch);
                     match &r {
                         Ok(r) => eprintln!(
-                            "  {:9} {:>10.0} req/s  p50 {:>8.0} us  p99 {:>8.0} us  errors {} of {}",
-                            case.key(), r.rps, r.p50_us, r.p99_us, r.errors, r.requests
+                            "  {:9} {:>10.0} req/s  p50 {:>8.0} us  p99 {:>8.0} us  errors {} of {}  cpu {:.1} us/req",
+                            case.key(), r.rps, r.p50_us, r.p99_us, r.errors, r.requests, r.cpu_us_per_req.unwrap_or(0.0)
                         ),
                         Err(e) => eprintln!("  {:9} failed: {e}", case.key()),
                     }
@@ -317,6 +317,15 @@ pub fn run(opts: Options) -> Result<(), String> {
                 "memory: {} holding {} idle keep-alive connections",
                 target.name, opts.idle_conns
             );
+            // amphi's header-read timeout (10 s by default) also closes keep-alive connections
+            // idle that long; lift it here so the case measures what holding them costs.
+            let mut target = target.clone();
+            if target.kind == Kind::Amphi {
+                target
+                    .args
+                    .extend(["--header-timeout-ms".to_owned(), "120000".to_owned()]);
+            }
+            let target = &target;
             let r = Server::start(target, &scratch).and_then(|server| {
                 probe::hold_idle(
                     server.addr,
@@ -395,7 +404,13 @@ fn run_case(
     if opts.warmup > 0 {
         measure(opts.warmup)?;
     }
-    measure(opts.duration)
+    let cpu_before = probe::group_cpu_us(server.pid());
+    let mut result = measure(opts.duration)?;
+    let cpu = probe::group_cpu_us(server.pid()).saturating_sub(cpu_before);
+    if result.requests > 0 {
+        result.cpu_us_per_req = Some(cpu as f64 / result.requests as f64);
+    }
+    Ok(result)
 }
 
 fn isolation(amphi: &Target, opts: &Options, scratch: &Path) -> Result<Isolation, String> {
