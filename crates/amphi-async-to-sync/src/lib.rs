@@ -54,3 +54,8 @@ mod handler;
 
 pub use call::async_to_sync;
 pub use handler::AsyncToSync;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

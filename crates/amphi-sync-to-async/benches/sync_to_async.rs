@@ -7,13 +7,15 @@
 //! The machine these run on is shared and its load varies from second to second, so every
 //! candidate is measured *interleaved* with its baseline: blocks of 32 candidate calls
 //! alternate with blocks of 32 baseline calls, and only the candidate's blocks are timed.
-//! Both see the same load; compare each candidate with the baseline line of its group.
+//! Both see the same load. Besides criterion's own lines, each benchmark prints
+//! `ratio to baseline: X (median of N block pairs)`: the candidate's time over the baseline's
+//! for each pair of neighbouring blocks, the figure the README reports.
 //!
 //! `cargo bench -p amphi-sync-to-async -- --warm-up-time 1 --measurement-time 3`
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amphi_core::{sync_fn, testing, SyncBody, SyncHandler, SyncRequest, ThreadSensitive};
@@ -30,7 +32,25 @@ fn runtime() -> tokio::runtime::Runtime {
 
 const BLOCK: u64 = 32;
 
-/// Times `iters` calls of `call`, in blocks that alternate with untimed blocks of `other`.
+/// Candidate/baseline time of each pair of neighbouring blocks of the current benchmark.
+static RATIOS: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+
+/// Prints the median ratio of the benchmark that just ran, and forgets it.
+fn report_ratio(name: &str) {
+    let mut ratios = std::mem::take(&mut *RATIOS.lock().unwrap());
+    if ratios.is_empty() {
+        return;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    println!(
+        "{name}: ratio to baseline: {median:.3} (median of {} block pairs)",
+        ratios.len()
+    );
+}
+
+/// Times `iters` calls of `call`, in blocks that alternate with blocks of `other`; records
+/// the ratio of each pair.
 fn timed<F, Fut, G, Gut>(
     rt: &tokio::runtime::Runtime,
     iters: u64,
@@ -52,10 +72,17 @@ where
             for _ in 0..n {
                 call().await;
             }
-            total += start.elapsed();
+            let mine = start.elapsed();
+            total += mine;
+            let start = Instant::now();
             for _ in 0..n {
                 other().await;
             }
+            let theirs = start.elapsed();
+            RATIOS
+                .lock()
+                .unwrap()
+                .push(mine.as_secs_f64() / theirs.as_secs_f64());
             left -= n;
         }
         total
@@ -77,6 +104,7 @@ fn round_trip(c: &mut Criterion) {
     g.bench_function("baseline: spawn_blocking(f).await", |b| {
         b.iter_custom(|iters| timed(&rt, iters, baseline, baseline))
     });
+    report_ratio("baseline: spawn_blocking(f).await");
     g.bench_function("sync_to_async(f).await", |b| {
         b.iter_custom(|iters| {
             timed(
@@ -89,6 +117,7 @@ fn round_trip(c: &mut Criterion) {
             )
         })
     });
+    report_ratio("sync_to_async(f).await");
     g.bench_function("sync_to_async(f).pool(&pool).await", |b| {
         b.iter_custom(|iters| {
             timed(
@@ -101,6 +130,7 @@ fn round_trip(c: &mut Criterion) {
             )
         })
     });
+    report_ratio("sync_to_async(f).pool(&pool).await");
     g.bench_function("sync_to_async(f).thread_sensitive(&ts).await", |b| {
         b.iter_custom(|iters| {
             timed(
@@ -118,6 +148,7 @@ fn round_trip(c: &mut Criterion) {
             )
         })
     });
+    report_ratio("sync_to_async(f).thread_sensitive(&ts).await");
     g.finish();
 }
 
@@ -149,6 +180,7 @@ fn handler(c: &mut Criterion) {
         "baseline: spawn_blocking(handler.call(req)) + collect",
         |b| b.iter_custom(|iters| timed(&rt, iters, baseline, baseline)),
     );
+    report_ratio("baseline: spawn_blocking(handler.call(req)) + collect");
     g.bench_function("SyncToAsync(handler) via testing::call", |b| {
         b.iter_custom(|iters| {
             timed(
@@ -164,6 +196,7 @@ fn handler(c: &mut Criterion) {
             )
         })
     });
+    report_ratio("SyncToAsync(handler) via testing::call");
     g.finish();
 }
 

@@ -279,3 +279,42 @@ async fn the_handler_gets_the_request_context_mount_and_content_length() {
         ))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_sensitive_handlers_run_per_request_or_on_one_given_thread() {
+    let thread_of = |_: SyncRequest| {
+        let name = std::thread::current().name().unwrap_or("").to_owned();
+        http::Response::new(SyncBody::from(format!(
+            "{name} {:?}",
+            std::thread::current().id()
+        )))
+    };
+    let get = || http::Request::get("/").body(Bytes::new()).unwrap();
+
+    // Per request: each request's context gets its own thread; one request's calls share it.
+    let per_request = Arc::new(SyncToAsync::new(sync_fn(thread_of)).thread_sensitive_per_request());
+    let a = timeout(BOUND, amphi_core::testing::call(&per_request, get()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        a.body.starts_with(b"amphi-thread-sensitive "),
+        "{:?}",
+        a.body
+    );
+
+    // One given context: every request on its thread.
+    let app = amphi_core::ThreadSensitive::new();
+    let shared = Arc::new(SyncToAsync::new(sync_fn(thread_of)).thread_sensitive(app.clone()));
+    let one = timeout(BOUND, amphi_core::testing::call(&shared, get()))
+        .await
+        .unwrap()
+        .unwrap();
+    let two = timeout(BOUND, amphi_core::testing::call(&shared, get()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.body, two.body);
+    let expected = format!("amphi-thread-sensitive {:?}", app.thread().unwrap().id());
+    assert_eq!(one.body, expected.as_bytes());
+}
