@@ -243,3 +243,21 @@ fn handler_errors_before_the_start_become_status_codes() {
     ));
     assert_eq!(resp.status(), 500);
 }
+
+#[test]
+fn a_per_request_thread_sensitive_handler_in_the_sandwich_runs_on_the_callers_thread() {
+    let sandwich = AsyncToSync::new(
+        SyncToAsync::new(sync_fn(|_req: SyncRequest| {
+            http::Response::builder()
+                .header("x-echo", "sync")
+                .body(SyncBody::from(format!("{:?}", std::thread::current().id())))
+                .unwrap()
+        }))
+        .thread_sensitive_per_request(),
+    );
+    let (_, _, body, _) = call_sync(&sandwich, Vec::new());
+    assert_eq!(
+        body,
+        format!("{:?}", std::thread::current().id()).into_bytes()
+    );
+}

@@ -125,7 +125,8 @@ impl Exchange {
         }
         if s.blocking_done {
             return Some(Err(Err(Error::new(ErrorKind::Cancelled).with_message(
-                "the blocking handler was dropped before it ran (the runtime is shutting down)",
+                "the blocking handler was dropped before it ran: the runtime shut down, or the \
+                 thread-sensitive context it was queued on ended (its async_to_sync returned)",
             ))));
         }
         register(&mut s, waker);

@@ -232,9 +232,11 @@ async fn serve<H: SyncHandler>(
     let span = tracing::Span::current();
     let blocking = {
         let exchange = exchange.clone();
+        // Made out here and moved in: if the closure is dropped unrun (runtime shutdown, or a
+        // lent thread-sensitive context that ended), its drop still tells the async side.
+        let done = Abandon(Some(exchange.clone()));
         move || {
             let _slot = slot;
-            let done = Abandon(Some(exchange.clone()));
             let _context = context.enter();
             let _span = span.enter();
             let outcome = run_handler(&*handler, scope, content_length, &exchange, &context);
@@ -243,7 +245,7 @@ async fn serve<H: SyncHandler>(
     };
     match place {
         // The join handle is not needed: the outcome comes back through the exchange, and
-        // the closure reports even a drop-before-run (runtime shutdown) there.
+        // the closure reports even a drop-before-run there.
         None => drop(tokio::task::spawn_blocking(blocking)),
         Some(ts) => ts.submit(blocking)?,
     }
