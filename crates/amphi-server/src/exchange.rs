@@ -7,15 +7,18 @@
 //! makes `send` wait; the poller empties it when hyper asks for the next frame and then polls
 //! the handler again, so no waker is needed for that wait and backpressure is hyper's own.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Duration;
 
 use amphi_core::{CancellationToken, Error, ErrorKind, Event, EventSource, Message, MessageSink};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 /// The response state shared by the handler's `send`, its `receive` and the poller.
 #[derive(Default)]
@@ -38,6 +41,8 @@ pub(crate) struct Outbox {
     pub(crate) response_done: bool,
     /// The request body passed the limit.
     pub(crate) body_too_large: bool,
+    /// The request body arrived slower than the server's minimum rate.
+    pub(crate) body_too_slow: bool,
     /// A `receive` waiting for the response to end, to yield `http.disconnect`.
     recv_waker: Option<Waker>,
 }
@@ -122,6 +127,55 @@ enum Reading {
     Ended,
     Gone,
     TooLarge,
+    /// The body arrived slower than the minimum rate.
+    TooSlow,
+}
+
+/// The slowest a request body may arrive: see `Server::min_body_rate`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyRate {
+    pub(crate) bytes_per_second: u64,
+    pub(crate) grace: Duration,
+}
+
+impl BodyRate {
+    /// How long, in total, a client that has sent `received` bytes may keep its handler
+    /// waiting: the grace period, plus the time each byte buys at the minimum rate.
+    fn allowance(&self, received: u64) -> Duration {
+        self.grace + Duration::from_secs_f64(received as f64 / self.bytes_per_second as f64)
+    }
+}
+
+/// The clock of [`BodyRate`]: how long the handler has waited for the client so far.
+struct RateClock {
+    rate: BodyRate,
+    waited: Duration,
+    /// Since when the handler waits for the next frame, while it does.
+    waiting_since: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl RateClock {
+    /// The handler waits for the client: whether the client is now too slow, else arms the
+    /// timer that wakes the handler when it would be.
+    fn poll_too_slow(&mut self, received: u64, cx: &mut TaskContext<'_>) -> bool {
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let deadline = since + self.rate.allowance(received).saturating_sub(self.waited);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Something arrived: the wait is over.
+    fn stop_waiting(&mut self) {
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += since.elapsed();
+        }
+    }
 }
 
 /// The [`EventSource`] behind a request's `receive`: reads hyper's body directly.
@@ -133,6 +187,7 @@ pub(crate) struct IncomingSource {
     exchange: Arc<Exchange>,
     /// The request's token, flipped when the body breaks (the client went away).
     token: CancellationToken,
+    clock: Option<RateClock>,
 }
 
 impl IncomingSource {
@@ -149,7 +204,19 @@ impl IncomingSource {
             state: Reading::Body,
             exchange,
             token,
+            clock: None,
         }
+    }
+
+    /// Enforces a minimum rate on the body, counting the time the handler waits for it.
+    pub(crate) fn with_rate(mut self, rate: Option<BodyRate>) -> IncomingSource {
+        self.clock = rate.map(|rate| RateClock {
+            rate,
+            waited: Duration::ZERO,
+            waiting_since: None,
+            timer: None,
+        });
+        self
     }
 }
 
@@ -161,6 +228,12 @@ impl EventSource for IncomingSource {
                 Reading::TooLarge => {
                     return Poll::Ready(Err(Error::new(ErrorKind::BodyTooLarge)
                         .with_message(format!("the limit is {} bytes", self.limit))))
+                }
+                Reading::TooSlow => {
+                    let rate = self.clock.as_ref().map_or(0, |c| c.rate.bytes_per_second);
+                    return Poll::Ready(Err(Error::new(ErrorKind::TimedOut).with_message(
+                        format!("the request body arrived slower than {rate} bytes/s"),
+                    )));
                 }
                 Reading::Gone => return Poll::Ready(Ok(Event::Disconnect)),
                 Reading::Ended => {
@@ -180,7 +253,21 @@ impl EventSource for IncomingSource {
                 .body
                 .as_mut()
                 .expect("the body is kept while state is Body");
-            let frame = match Pin::new(&mut *body).poll_frame(cx) {
+            let polled = Pin::new(&mut *body).poll_frame(cx);
+            if let Some(clock) = &mut self.clock {
+                if polled.is_ready() {
+                    clock.stop_waiting();
+                } else if clock.poll_too_slow(self.received, cx) {
+                    tracing::debug!(
+                        received = self.received,
+                        "request body too slow; giving up on it"
+                    );
+                    self.end(Reading::TooSlow);
+                    self.exchange.lock().body_too_slow = true;
+                    continue;
+                }
+            }
+            let frame = match polled {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     self.end(Reading::Ended);

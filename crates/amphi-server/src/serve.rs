@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, ToSocketAddrs, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::exchange::BodyRate;
 use crate::lifespan::Lifespans;
 use crate::service::{App, ConnService};
 use crate::{Router, ServeError};
@@ -31,6 +32,10 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// The default header-read timeout: [`Server::header_read_timeout`].
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default slowest rate a request body may arrive at: [`Server::min_body_rate`].
+pub const DEFAULT_MIN_BODY_RATE: u64 = 240;
+/// The default time before [`Server::min_body_rate`] applies.
+pub const DEFAULT_BODY_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// The default limit on the number of request headers: [`Server::max_headers`].
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// The default limit on the size of a request head: [`Server::max_header_bytes`].
@@ -55,6 +60,7 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 /// | more than [`max_headers`](Server::max_headers) headers, or a head over [`max_header_bytes`](Server::max_header_bytes) | `431 Request Header Fields Too Large` |
 /// | a body over [`max_body_bytes`](Server::max_body_bytes), by its `Content-Length` | `413` before the handler is called |
 /// | a chunked body passing the limit | the handler's reads fail; `413` if its response has not started, else the connection is cut |
+/// | a body trickling in slower than [`min_body_rate`](Server::min_body_rate), or stalled | the handler's reads fail with a timeout; `408` if it gives up before its response started |
 /// | every blocking slot busy for [`queue_timeout`](Server::queue_timeout) | `503` with `Retry-After: 1` (sync handlers only) |
 /// | a handler panic | `500` if the response has not started, else the connection is cut; the server carries on |
 /// | a handler breaking the protocol (no response, a body cut short) | `500` (or a cut connection) and an error log line |
@@ -101,6 +107,7 @@ pub struct Server {
     blocking_threads: usize,
     queue_timeout: Duration,
     max_body_bytes: u64,
+    body_rate: Option<BodyRate>,
     header_read_timeout: Option<Duration>,
     max_headers: usize,
     max_header_bytes: usize,
@@ -115,6 +122,7 @@ impl fmt::Debug for Server {
             .field("blocking_threads", &self.blocking_threads)
             .field("queue_timeout", &self.queue_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("body_rate", &self.body_rate)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("max_headers", &self.max_headers)
             .field("max_header_bytes", &self.max_header_bytes)
@@ -134,6 +142,10 @@ impl Server {
             blocking_threads: DEFAULT_BLOCKING_THREADS,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_rate: Some(BodyRate {
+                bytes_per_second: DEFAULT_MIN_BODY_RATE,
+                grace: DEFAULT_BODY_GRACE_PERIOD,
+            }),
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
             max_headers: DEFAULT_MAX_HEADERS,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
@@ -188,6 +200,26 @@ impl Server {
     #[must_use]
     pub fn max_body_bytes(mut self, bytes: u64) -> Server {
         self.max_body_bytes = bytes;
+        self
+    }
+
+    /// The slowest a request body may arrive while its handler waits for it: after
+    /// `grace_period`, the client must keep up `bytes_per_second` on average, counting only
+    /// the time the handler spent waiting for the client (a handler that reads slowly is not
+    /// held against the client). Past it the handler's body reads fail with
+    /// [`ErrorKind::TimedOut`](amphi_core::ErrorKind::TimedOut) (`io::ErrorKind::TimedOut` for
+    /// sync handlers), and the client gets `408` if the handler gives up before its response
+    /// started. Nothing else bounds a client that trickles its body, or stops sending it, while
+    /// a sync handler holds a blocking slot reading it (a slow-POST attack); the header
+    /// timeout covers the head only. `bytes_per_second` 0 disables it. Default
+    /// [`DEFAULT_MIN_BODY_RATE`] (240 bytes/s) after [`DEFAULT_BODY_GRACE_PERIOD`] (5 s), as
+    /// ASP.NET Kestrel's `MinRequestBodyDataRate`.
+    #[must_use]
+    pub fn min_body_rate(mut self, bytes_per_second: u64, grace_period: Duration) -> Server {
+        self.body_rate = (bytes_per_second > 0).then_some(BodyRate {
+            bytes_per_second,
+            grace: grace_period,
+        });
         self
     }
 
@@ -312,6 +344,7 @@ impl Server {
             routes,
             state: self.state,
             max_body: self.max_body_bytes,
+            body_rate: self.body_rate,
             in_flight: AtomicUsize::new(0),
             cutting: AtomicBool::new(false),
         });

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 
 use crate::access::{AccessRecord, Outcome};
 use crate::body::ResponseBody;
-use crate::exchange::{Exchange, ExchangeSink, IncomingSource};
+use crate::exchange::{BodyRate, Exchange, ExchangeSink, IncomingSource};
 use crate::router::{HandlerKind, RouteTable};
 
 /// What every connection of one server shares.
@@ -30,6 +30,7 @@ pub(crate) struct App {
     pub(crate) routes: RouteTable,
     pub(crate) state: State,
     pub(crate) max_body: u64,
+    pub(crate) body_rate: Option<BodyRate>,
     /// Requests whose access record is alive.
     pub(crate) in_flight: AtomicUsize,
     /// Set when the grace period is over and the remaining connections are being cut.
@@ -80,12 +81,15 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let scope = HttpScope::new(parts, info).with_state(app.state.clone());
         let context = scope.context().clone();
         let exchange = Arc::new(Exchange::default());
-        let receive = Receiver::new(IncomingSource::new(
-            body,
-            app.max_body,
-            exchange.clone(),
-            context.token().clone(),
-        ));
+        let receive = Receiver::new(
+            IncomingSource::new(
+                body,
+                app.max_body,
+                exchange.clone(),
+                context.token().clone(),
+            )
+            .with_rate(app.body_rate),
+        );
         let send = Sender::http(ExchangeSink(exchange.clone()));
         let handler = handler.clone();
         let fut: BoxFuture<'static, Result<(), Error>> =
@@ -230,7 +234,7 @@ impl Future for ResponseFuture {
                 }
                 (_, _, Err(e)) => {
                     let too_large = out.body_too_large;
-                    Produced::Full(error_response(&e, too_large))
+                    Produced::Full(error_response(&e, too_large, out.body_too_slow))
                 }
                 (head, _, Ok(())) => {
                     if out.body_too_large && head.is_none() {
@@ -394,7 +398,7 @@ impl std::fmt::Display for Chain<'_> {
 }
 
 /// The response for a handler that failed before its response started.
-fn error_response(err: &Error, body_too_large: bool) -> Response<Bytes> {
+fn error_response(err: &Error, body_too_large: bool, body_too_slow: bool) -> Response<Bytes> {
     match err.kind() {
         ErrorKind::Saturated => {
             tracing::debug!(error = %err, "blocking pool saturated");
@@ -409,6 +413,10 @@ fn error_response(err: &Error, body_too_large: bool) -> Response<Bytes> {
         ErrorKind::BodyTooLarge => {
             tracing::debug!(error = %err, "request body too large");
             too_large()
+        }
+        ErrorKind::TimedOut if body_too_slow => {
+            tracing::debug!(error = %err, "request body too slow");
+            plain(StatusCode::REQUEST_TIMEOUT, "request body too slow\n")
         }
         _ if body_too_large => too_large(),
         ErrorKind::Panicked => {
