@@ -280,7 +280,7 @@ impl Server {
     /// [`ServeError::is_routes`] for an invalid router.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<Serving, ServeError> {
         let prepared = self.prepare().await?;
-        match TcpListener::bind(addr).await {
+        match listen_tcp(addr).await {
             Ok(listener) => Ok(prepared.spawn(listener)),
             Err(e) => {
                 prepared.abandon().await;
@@ -458,6 +458,37 @@ fn connection_builder(settings: ConnSettings) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     builder
+}
+
+/// The listen backlog of [`Server::bind`]: connections the kernel completes before the server
+/// accepts them. tokio's `TcpListener::bind` (like std's) asks for 128, which a burst of new
+/// connections overflows while the accept loop is busy: the kernel then drops handshakes
+/// (SYN cookies) and some clients see their connection reset. Linux caps it at
+/// `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on the first address of `addr` that works, with [`LISTEN_BACKLOG`].
+async fn listen_tcp(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std and tokio do: rebind at once after a restart.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
 }
 
 /// Whether an accept error concerns one connection only (retry at once) rather than the
