@@ -77,14 +77,27 @@ pub fn machine() -> String {
             })
             .unwrap_or_default()
     };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let rev = Command::new("git")
+        .arg("-C")
+        .arg(crate::runner::repo_root())
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     format!(
         "- CPU: {cores} cores (nproc), {model}\n- memory: {:.1} GiB\n- kernel: Linux {}\n\
-         - load generators: {}; {}\n- compiler: {}\n",
+         - load generators: {}; {}\n- compiler: {}\n- repository when the run ended: {rev}\n\
+         - load average when the report was written: {}\n",
         mem_kib as f64 / 1024.0 / 1024.0,
         kernel.trim(),
         first_line("wrk", "-v"),
         first_line("h2load", "--version"),
         first_line("rustc", "-V"),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
     )
 }
 
@@ -273,7 +286,11 @@ pub fn targets(r: &Results) -> Vec<(String, String, Verdict)> {
 pub fn render(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## Machine\n\n{}", machine());
-    let _ = writeln!(s, "Settings: {}.\n", r.options);
+    let _ = writeln!(
+        s,
+        "Settings: {}.\n\namphi binary: {}.\n",
+        r.options, r.amphi
+    );
     let _ = writeln!(s, "| server | what it is |\n|---|---|");
     for (name, what, _) in &r.targets {
         let _ = writeln!(s, "| {name} | {what} |");

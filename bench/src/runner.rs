@@ -204,6 +204,8 @@ pub struct Results {
     pub memory: Vec<(String, Result<IdleMemory, String>)>,
     pub options: String,
     pub skipped: Vec<String>,
+    /// Where amphi's binary came from.
+    pub amphi: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -247,6 +249,11 @@ pub fn run(opts: Options) -> Result<(), String> {
     // Isolation and memory pick their servers from all targets; the throughput cases run the
     // ones --servers names.
     let all_targets = targets(&opts, &mut results.skipped)?;
+    results.amphi = match (&opts.amphi_bin, opts.no_amphi) {
+        (_, true) => "left out (--no-amphi)".to_owned(),
+        (Some(bin), _) => format!("{} (given with --amphi-bin)", bin.display()),
+        (None, _) => "`cargo build --release --example mixed` from this repository".to_owned(),
+    };
     let targets: Vec<&Target> = all_targets
         .iter()
         .filter(|t| opts.wants_server(&t.name))

@@ -22,7 +22,19 @@ pub(super) fn run(bind: SocketAddr, blocking_threads: usize, offload: bool) -> i
     super::runtime(blocking_threads)?.block_on(async move {
         let listener = TcpListener::bind(bind).await?;
         super::announce(listener.local_addr()?);
-        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        // Diagnostics only (docs/benchmarks.md, "memory"): AMPHI_BENCH_HYPER_VARIANT=owned,timer
+        // gives each connection its own copy of the builder (`into_owned`), and/or a header-read
+        // timeout on hyper's tokio timer, the two things amphi's server adds per connection.
+        let variant = std::env::var("AMPHI_BENCH_HYPER_VARIANT").unwrap_or_default();
+        let (owned, timer) = (variant.contains("owned"), variant.contains("timer"));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        if timer {
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(120));
+        }
+        let builder = Arc::new(builder);
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -36,9 +48,12 @@ pub(super) fn run(bind: SocketAddr, blocking_threads: usize, offload: bool) -> i
             let builder = builder.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| handle(req, offload));
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let _ = if owned {
+                    conn.into_owned().await
+                } else {
+                    conn.await
+                };
             });
         }
     })
