@@ -26,7 +26,8 @@ pub struct RequestInfo {
     scheme: Scheme,
     client: Option<SocketAddr>,
     server: Option<SocketAddr>,
-    root_path: Arc<str>,
+    /// `None` for the root, so a request mounted at the root costs no allocation.
+    root_path: Option<Arc<str>>,
 }
 
 impl Default for RequestInfo {
@@ -35,7 +36,7 @@ impl Default for RequestInfo {
             scheme: Scheme::HTTP,
             client: None,
             server: None,
-            root_path: Arc::from(""),
+            root_path: None,
         }
     }
 }
@@ -71,7 +72,8 @@ impl RequestInfo {
     /// slash (`""` for the root).
     #[must_use]
     pub fn with_root_path(mut self, root_path: impl Into<Arc<str>>) -> RequestInfo {
-        self.root_path = root_path.into();
+        let root_path = root_path.into();
+        self.root_path = (!root_path.is_empty()).then_some(root_path);
         self
     }
 
@@ -92,14 +94,14 @@ impl RequestInfo {
 
     /// The mount prefix (`SCRIPT_NAME`), `""` at the root.
     pub fn root_path(&self) -> &str {
-        &self.root_path
+        self.root_path.as_deref().unwrap_or("")
     }
 
     /// The part of `path` below the mount prefix (`PATH_INFO`): `"/hello"` for `"/sync/hello"`
     /// mounted at `"/sync"`, `""` for `"/sync"` itself. A path that does not start with the
     /// prefix is returned whole. The path stays percent-encoded, as it arrived.
     pub fn path_below<'p>(&self, path: &'p str) -> &'p str {
-        match path.strip_prefix(&*self.root_path) {
+        match path.strip_prefix(self.root_path()) {
             Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
             _ => path,
         }

@@ -86,6 +86,22 @@ impl HttpScope {
         }
     }
 
+    /// A scope from all of its parts, allocating nothing: what servers and adapters use on
+    /// their hot path ([`new`](HttpScope::new) makes a fresh context and state).
+    pub fn from_parts(
+        parts: Parts,
+        info: RequestInfo,
+        context: Context,
+        state: State,
+    ) -> HttpScope {
+        HttpScope {
+            parts,
+            info,
+            context,
+            state,
+        }
+    }
+
     /// Replaces the request context.
     #[must_use]
     pub fn with_context(mut self, context: Context) -> HttpScope {
