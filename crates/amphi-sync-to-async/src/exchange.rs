@@ -58,6 +58,10 @@ struct State {
     async_gone: bool,
     /// The handler was handed a `BodyTooLarge` error by a body read.
     saw_too_large: bool,
+    /// The blocking side sleeps on `body_ready` / `out_room`. Notifying a condvar costs a
+    /// system call even with nobody waiting, so it is done only when someone is.
+    body_waiter: bool,
+    out_waiter: bool,
     waker: Option<Waker>,
 }
 
@@ -107,8 +111,11 @@ impl Exchange {
         if last {
             s.body_end = true;
         }
+        let notify = s.body_waiter;
         drop(s);
-        self.body_ready.notify_one();
+        if notify {
+            self.body_ready.notify_one();
+        }
     }
 
     /// Takes the next response piece, or the outcome once every piece is taken; registers
@@ -116,8 +123,11 @@ impl Exchange {
     pub(crate) fn take_out(&self, waker: &Waker) -> Option<Result<Out, Result<Outcome, Error>>> {
         let mut s = self.lock();
         if let Some(out) = s.out.pop_front() {
+            let notify = s.out_waiter;
             drop(s);
-            self.out_room.notify_one();
+            if notify {
+                self.out_room.notify_one();
+            }
             return Some(Ok(out));
         }
         if let Some(outcome) = s.outcome.take() {
@@ -138,9 +148,14 @@ impl Exchange {
         let mut s = self.lock();
         s.async_gone = true;
         s.waker = None;
+        let (body, out) = (s.body_waiter, s.out_waiter);
         drop(s);
-        self.body_ready.notify_all();
-        self.out_room.notify_all();
+        if body {
+            self.body_ready.notify_all();
+        }
+        if out {
+            self.out_room.notify_all();
+        }
     }
 
     // ---- blocking side ----
@@ -163,11 +178,13 @@ impl Exchange {
                 return Some(Err(gone()));
             }
             // A flipped token does not notify this condvar, so wake up now and then to look.
+            s.body_waiter = true;
             s = self
                 .body_ready
                 .wait_timeout(s, std::time::Duration::from_millis(50))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            s.body_waiter = false;
         }
     }
 
@@ -192,7 +209,9 @@ impl Exchange {
                 Exchange::wake(&mut s);
                 return Ok(());
             }
+            s.out_waiter = true;
             s = self.out_room.wait(s).unwrap_or_else(|p| p.into_inner());
+            s.out_waiter = false;
         }
     }
 
