@@ -746,6 +746,33 @@ async fn too_many_or_too_large_headers_are_431() {
     assert!(out.starts_with(b"HTTP/1.1 200"));
 }
 
+/// The default limit (100) is left to hyper rather than set, so it needs its own check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_header_limit_is_100() {
+    let (probe, _rx) = Probe::new();
+    let serving = start(test_server(&probe)).await;
+    let addr = serving.local_addr().unwrap();
+    let head = |n: usize| {
+        let mut h = String::from("GET /a/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for i in 2..n {
+            h.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        h + "\r\n"
+    };
+    let (out, _) = raw_exchange(addr, head(100).as_bytes(), PATIENCE).await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let (out, _) = raw_exchange(addr, head(101).as_bytes(), PATIENCE).await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_or_silent_clients_are_cut_at_the_header_timeout() {
     let (probe, _rx) = Probe::new();

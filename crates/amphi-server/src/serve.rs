@@ -445,14 +445,21 @@ impl Listen for UnixListener {
     }
 }
 
+/// The header-count limit hyper applies when none is set (`DEFAULT_MAX_HEADERS` in its h1 role).
+const HYPER_MAX_HEADERS: usize = 100;
+
 fn connection_builder(settings: ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_headers(settings.max_headers)
         .max_buf_size(settings.max_header_bytes);
+    if settings.max_headers != HYPER_MAX_HEADERS {
+        // hyper enforces its own default of 100 on an inline array; setting any limit, even
+        // the same one, makes it allocate and fill two 100-entry buffers per request head.
+        builder.http1().max_headers(settings.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
