@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 use crate::access::{AccessRecord, Outcome};
+use crate::response_rate::DrainClock;
 use crate::service::{Chain, Driver};
 
 /// The body of every response the server sends.
@@ -26,6 +27,8 @@ enum Kind {
     Stream {
         driver: Box<Driver>,
         exact_len: Option<u64>,
+        /// The minimum response rate's clock, when it is on.
+        drain: Option<DrainClock>,
     },
 }
 
@@ -41,11 +44,16 @@ impl ResponseBody {
         driver: Driver,
         exact_len: Option<u64>,
         record: AccessRecord,
+        mut drain: Option<DrainClock>,
     ) -> ResponseBody {
+        if let Some(d) = &mut drain {
+            d.register(&driver.exchange);
+        }
         ResponseBody {
             kind: Kind::Stream {
                 driver: Box::new(driver),
                 exact_len,
+                drain,
             },
             record: Some(record),
         }
@@ -67,10 +75,13 @@ impl http_body::Body for ResponseBody {
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = &mut *self;
-        let driver = match &mut this.kind {
+        let (driver, drain) = match &mut this.kind {
             Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Stream { driver, .. } => driver,
+            Kind::Stream { driver, drain, .. } => (driver, drain),
         };
+        if let Some(d) = drain.as_mut() {
+            d.resumed();
+        }
         let record = this
             .record
             .as_mut()
@@ -80,6 +91,9 @@ impl http_body::Body for ResponseBody {
                 let mut out = driver.exchange.lock();
                 if let Some(chunk) = out.chunk.take() {
                     record.bytes += chunk.len() as u64;
+                    if let Some(d) = drain.as_mut() {
+                        d.handed(chunk.len() as u64);
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 if out.response_done {
@@ -148,6 +162,26 @@ impl http_body::Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if let (
+            Kind::Stream {
+                driver,
+                drain: Some(drain),
+                ..
+            },
+            Some(record),
+        ) = (&self.kind, &mut self.record)
+        {
+            if driver.exchange.wait.tripped() {
+                tracing::warn!(
+                    path = record.path(),
+                    bytes = record.bytes,
+                    "the client took the response slower than the minimum rate ({} bytes/s); \
+                     cut its connection",
+                    drain.bytes_per_second()
+                );
+                record.outcome = Outcome::Cut;
+            }
+        }
         // hyper answers HEAD without pulling the body.
         if matches!(self.kind, Kind::Stream { .. }) && self.record().is_head() {
             self.record().outcome = Outcome::Complete;

@@ -24,6 +24,8 @@ use tokio::time::{Instant, Sleep};
 #[derive(Default)]
 pub(crate) struct Exchange {
     inner: Mutex<Outbox>,
+    /// How long a streamed response has been waiting for its client, for the watchdog.
+    pub(crate) wait: crate::response_rate::WaitState,
 }
 
 #[derive(Default)]

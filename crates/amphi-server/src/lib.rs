@@ -5,7 +5,8 @@
 //!   [`AsyncHandler`](amphi_core::AsyncHandler)s and nested routers under path prefixes.
 //! - [`Server`] serves a router over HTTP/1.1 and HTTP/2 (h2c) on one TCP port or unix socket,
 //!   with lifespan, graceful shutdown, limits (header timeout, header count and size, body
-//!   size, blocking pool, connections) and an access log.
+//!   size, minimum request body and response rates, blocking pool, connections) and an access
+//!   log.
 //! - [`Serving`] is the running server: its address, a [`ShutdownHandle`], and a future that
 //!   ends when it has drained.
 //!
@@ -54,6 +55,7 @@ mod body;
 mod error;
 mod exchange;
 mod lifespan;
+mod response_rate;
 mod router;
 mod serve;
 mod service;
@@ -65,5 +67,6 @@ pub use serve::{
     shutdown_signal, Server, Serving, ShutdownHandle, DEFAULT_BLOCKING_THREADS,
     DEFAULT_BODY_GRACE_PERIOD, DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MIN_BODY_RATE, DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_MIN_BODY_RATE, DEFAULT_MIN_RESPONSE_RATE, DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_RESPONSE_GRACE_PERIOD,
 };

@@ -21,6 +21,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::exchange::BodyRate;
 use crate::lifespan::Lifespans;
+use crate::response_rate::{ConnWatch, ResponseRate, Watchdog};
 use crate::service::{App, ConnService};
 use crate::{Router, ServeError};
 
@@ -36,6 +37,12 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MIN_BODY_RATE: u64 = 240;
 /// The default time before [`Server::min_body_rate`] applies.
 pub const DEFAULT_BODY_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// The default slowest rate a client may take a streamed response at:
+/// [`Server::min_response_rate`].
+pub const DEFAULT_MIN_RESPONSE_RATE: u64 = 240;
+/// The default time a streamed response may wait for its client before
+/// [`Server::min_response_rate`] applies.
+pub const DEFAULT_RESPONSE_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// The default limit on the number of request headers: [`Server::max_headers`].
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// The default limit on the size of a request head: [`Server::max_header_bytes`].
@@ -61,6 +68,7 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 /// | a body over [`max_body_bytes`](Server::max_body_bytes), by its `Content-Length` | `413` before the handler is called |
 /// | a chunked body passing the limit | the handler's reads fail; `413` if its response has not started, else the connection is cut |
 /// | a body trickling in slower than [`min_body_rate`](Server::min_body_rate), or stalled | the handler's reads fail with a timeout; `408` if it gives up before its response started |
+/// | a streamed response taken slower than [`min_response_rate`](Server::min_response_rate), or not read at all | the connection is cut; the handler is dropped and its token flips |
 /// | every blocking slot busy for [`queue_timeout`](Server::queue_timeout) | `503` with `Retry-After: 1` (sync handlers only) |
 /// | a handler panic | `500` if the response has not started, else the connection is cut; the server carries on |
 /// | a handler breaking the protocol (no response, a body cut short) | `500` (or a cut connection) and an error log line |
@@ -108,6 +116,7 @@ pub struct Server {
     queue_timeout: Duration,
     max_body_bytes: u64,
     body_rate: Option<BodyRate>,
+    response_rate: Option<ResponseRate>,
     header_read_timeout: Option<Duration>,
     max_headers: usize,
     max_header_bytes: usize,
@@ -123,6 +132,7 @@ impl fmt::Debug for Server {
             .field("queue_timeout", &self.queue_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("body_rate", &self.body_rate)
+            .field("response_rate", &self.response_rate)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("max_headers", &self.max_headers)
             .field("max_header_bytes", &self.max_header_bytes)
@@ -145,6 +155,10 @@ impl Server {
             body_rate: Some(BodyRate {
                 bytes_per_second: DEFAULT_MIN_BODY_RATE,
                 grace: DEFAULT_BODY_GRACE_PERIOD,
+            }),
+            response_rate: Some(ResponseRate {
+                bytes_per_second: DEFAULT_MIN_RESPONSE_RATE,
+                grace: DEFAULT_RESPONSE_GRACE_PERIOD,
             }),
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
             max_headers: DEFAULT_MAX_HEADERS,
@@ -217,6 +231,37 @@ impl Server {
     #[must_use]
     pub fn min_body_rate(mut self, bytes_per_second: u64, grace_period: Duration) -> Server {
         self.body_rate = (bytes_per_second > 0).then_some(BodyRate {
+            bytes_per_second,
+            grace: grace_period,
+        });
+        self
+    }
+
+    /// The slowest a client may take a streamed response. Each streamed response has a
+    /// credit of waiting time: it starts at `grace_period`, grows by the time each byte sent
+    /// needs at `bytes_per_second` (up to `grace_period` plus the time 4 MiB need), and shrinks
+    /// while the response waits for the client (HTTP/1.1: the socket does not drain; HTTP/2:
+    /// the client's flow-control window is used up). Time the handler takes to produce is not
+    /// counted. When the credit runs out the connection is cut (the status was already sent;
+    /// over HTTP/2 the other streams on the connection go with it), the handler is dropped and
+    /// its request's token flips, a sync handler's next body write fails so its blocking slot
+    /// comes back, and a warning is logged. Nothing else bounds a client that stops reading: a
+    /// streaming sync handler would hold its blocking slot, blocked on backpressure, for as
+    /// long as the client kept the connection open. `bytes_per_second` 0 disables it. Default
+    /// [`DEFAULT_MIN_RESPONSE_RATE`] (240 bytes/s) after [`DEFAULT_RESPONSE_GRACE_PERIOD`]
+    /// (5 s), as ASP.NET Kestrel's `MinResponseDataRate`.
+    ///
+    /// Bytes count as taken once the connection has them, and the kernel's socket buffers
+    /// take several MiB at once from a client that reads nothing and then free room in large
+    /// lumps, so the rate is measured coarsely: a client that stops reading is cut after the
+    /// grace period plus the time what was buffered for it (at most 4 MiB) needs at
+    /// `bytes_per_second`, which at the default rate can be hours. Raise the rate to free slots
+    /// sooner: at 64 KiB/s such a client is cut within about 70 s. Responses sent in one piece,
+    /// and the rest of a streamed response once hyper has its last frame, hold a connection
+    /// but no handler: they are left to the kernel and to the client.
+    #[must_use]
+    pub fn min_response_rate(mut self, bytes_per_second: u64, grace_period: Duration) -> Server {
+        self.response_rate = (bytes_per_second > 0).then_some(ResponseRate {
             bytes_per_second,
             grace: grace_period,
         });
@@ -354,6 +399,7 @@ impl Server {
             lifespans,
             lifespan_timeout,
             conn: ConnSettings {
+                response_rate: self.response_rate,
                 header_read_timeout: self.header_read_timeout,
                 max_headers: self.max_headers,
                 max_header_bytes: self.max_header_bytes,
@@ -366,6 +412,7 @@ impl Server {
 
 #[derive(Clone, Copy)]
 struct ConnSettings {
+    response_rate: Option<ResponseRate>,
     header_read_timeout: Option<Duration>,
     max_headers: usize,
     max_header_bytes: usize,
@@ -552,11 +599,13 @@ async fn run<L: Listen>(
         };
         listener.prepare(&io);
         let seen_request = Arc::new(AtomicBool::new(false));
+        let watch = settings.response_rate.map(ConnWatch::new);
         let service = ConnService {
             app: app.clone(),
             client,
             server: server_addr,
             seen_request: seen_request.clone(),
+            watch: watch.clone(),
         };
         let conn = builder
             .serve_connection(TokioIo::new(io), service)
@@ -566,9 +615,14 @@ async fn run<L: Listen>(
         conns.spawn(async move {
             let _permit = permit;
             tokio::pin!(conn);
+            // Polled after the connection, so it sees what the connection just did: returning
+            // drops the connection, which cuts it.
+            let mut watchdog = Watchdog::new(watch);
             if let Some(deadline) = first_request {
                 tokio::select! {
+                    biased;
                     result = &mut conn => return log_connection_end(result),
+                    () = &mut watchdog => return,
                     _ = tokio::time::sleep(deadline) => {}
                 }
                 if !seen_request.load(Ordering::Relaxed) {
@@ -578,7 +632,11 @@ async fn run<L: Listen>(
                     return;
                 }
             }
-            log_connection_end(conn.await)
+            tokio::select! {
+                biased;
+                result = &mut conn => log_connection_end(result),
+                () = &mut watchdog => {}
+            }
         });
     }
     drop(listener);

@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use crate::access::{AccessRecord, Outcome};
 use crate::body::ResponseBody;
 use crate::exchange::{BodyRate, Exchange, ExchangeSink, IncomingSource};
+use crate::response_rate::{ConnWatch, DrainClock};
 use crate::router::{HandlerKind, RouteTable};
 
 /// What every connection of one server shares.
@@ -45,6 +46,8 @@ pub(crate) struct ConnService {
     pub(crate) server: Option<SocketAddr>,
     /// Set by the first request, so the connection's first-request deadline stops applying.
     pub(crate) seen_request: Arc<AtomicBool>,
+    /// The connection's streamed responses, watched for the minimum response rate.
+    pub(crate) watch: Option<Arc<ConnWatch>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -72,6 +75,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         if declared_length(&req).is_some_and(|len| len > app.max_body) {
             return ResponseFuture::ready(too_large(), record);
         }
+        // HTTP/2 streams run on tasks of their own, away from the connection's watchdog.
+        let cross_task = req.version() == http::Version::HTTP_2;
         let (parts, body) = req.into_parts();
         let info = RequestInfo::new()
             .with_scheme(Scheme::HTTP)
@@ -104,6 +109,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                     exchange,
                 },
                 record,
+                drain: self
+                    .watch
+                    .as_ref()
+                    .map(|w| DrainClock::new(w.clone(), cross_task)),
             }),
         }
     }
@@ -167,6 +176,7 @@ impl Driver {
 struct Driving {
     driver: Driver,
     record: AccessRecord,
+    drain: Option<DrainClock>,
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -258,7 +268,11 @@ impl Future for ResponseFuture {
         let Stage::Driving(driving) = std::mem::replace(&mut this.state, Stage::Done) else {
             unreachable!("matched Driving above")
         };
-        let Driving { driver, mut record } = driving;
+        let Driving {
+            driver,
+            mut record,
+            drain,
+        } = driving;
         let response = match produced {
             Produced::Full(full_response) => finish_full(full_response, record),
             Produced::Stream(status, headers, _) if record.is_head() => {
@@ -278,7 +292,8 @@ impl Future for ResponseFuture {
             }
             Produced::Stream(status, headers, exact) => {
                 record.status = Some(status);
-                let mut response = Response::new(ResponseBody::stream(driver, exact, record));
+                let mut response =
+                    Response::new(ResponseBody::stream(driver, exact, record, drain));
                 *response.status_mut() = status;
                 *response.headers_mut() = headers;
                 response
