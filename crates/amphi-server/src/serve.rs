@@ -344,7 +344,8 @@ impl Server {
     }
 
     /// Like [`bind`](Server::bind), on a unix domain socket at `path` (which must not exist).
-    /// Requests have no client or server address.
+    /// Requests have no client or server address. The listen backlog is the system's maximum
+    /// (`net.core.somaxconn` on Linux, 4096 by default).
     ///
     /// # Errors
     ///
@@ -519,6 +520,10 @@ fn connection_builder(settings: ConnSettings) -> auto::Builder<TokioExecutor> {
 /// connections overflows while the accept loop is busy: the kernel then drops handshakes
 /// (SYN cookies) and some clients see their connection reset. Linux caps it at
 /// `net.core.somaxconn` (4096 by default).
+///
+/// Unix sockets need no such setting: tokio's `UnixListener::bind` (mio, like std) listens
+/// with a backlog of -1 on Linux, macOS and the BSDs, which the kernel reads as its maximum,
+/// `net.core.somaxconn`: the same 4096 as here on a default Linux, more if it was raised.
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds a TCP listener on the first address of `addr` that works, with [`LISTEN_BACKLOG`].
