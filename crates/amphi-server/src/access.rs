@@ -18,6 +18,8 @@ pub(crate) enum Outcome {
     Complete,
     /// The response was cut after it started (handler error or panic).
     Cut,
+    /// The handler answered, but its client had left while sending the request body.
+    ClientGone,
 }
 
 /// What the access log line for one request says; logged when dropped, on every path.
@@ -93,7 +95,7 @@ impl Drop for AccessRecord {
                 method, path, status, bytes = self.bytes, duration_us, kind, version,
                 outcome = "cut at shutdown"
             ),
-            Outcome::Running => tracing::info!(
+            Outcome::Running | Outcome::ClientGone => tracing::info!(
                 target: "amphi::access",
                 method, path, status, bytes = self.bytes, duration_us, kind, version,
                 outcome = "client gone"

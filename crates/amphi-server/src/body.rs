@@ -101,7 +101,11 @@ impl http_body::Body for ResponseBody {
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
                     if !driver.is_running() {
-                        record.outcome = Outcome::Complete;
+                        record.outcome = if out.client_gone {
+                            Outcome::ClientGone
+                        } else {
+                            Outcome::Complete
+                        };
                         return Poll::Ready(None);
                     }
                 } else if !driver.is_running() {

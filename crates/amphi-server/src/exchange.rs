@@ -45,6 +45,9 @@ pub(crate) struct Outbox {
     pub(crate) body_too_large: bool,
     /// The request body arrived slower than the server's minimum rate.
     pub(crate) body_too_slow: bool,
+    /// The request body broke: the client went away before sending all of it, so whatever
+    /// the handler answers goes to nobody.
+    pub(crate) client_gone: bool,
     /// A `receive` waiting for the response to end, to yield `http.disconnect`.
     recv_waker: Option<Waker>,
 }
@@ -285,6 +288,7 @@ impl EventSource for IncomingSource {
                     // here, as a disconnect does.
                     self.token.cancel();
                     self.end(Reading::Gone);
+                    self.exchange.lock().client_gone = true;
                     return Poll::Ready(Ok(Event::Disconnect));
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,

@@ -264,6 +264,7 @@ impl Future for ResponseFuture {
                 }
             },
         };
+        let client_gone = out.client_gone;
         drop(out);
         let Stage::Driving(driving) = std::mem::replace(&mut this.state, Stage::Done) else {
             unreachable!("matched Driving above")
@@ -273,6 +274,10 @@ impl Future for ResponseFuture {
             mut record,
             drain,
         } = driving;
+        if client_gone {
+            // The handler answered a client that left mid-upload: the answer goes to nobody.
+            record.outcome = Outcome::ClientGone;
+        }
         let response = match produced {
             Produced::Full(full_response) => finish_full(full_response, record),
             Produced::Stream(status, headers, _) if record.is_head() => {
@@ -370,7 +375,9 @@ fn finish_full(response: Response<Bytes>, mut record: AccessRecord) -> Response<
     record.bytes = body.len() as u64;
     // A complete body is handed to hyper in one frame; hyper may drop it without polling
     // (HEAD), so it counts as complete now.
-    record.outcome = Outcome::Complete;
+    if record.outcome == Outcome::Running {
+        record.outcome = Outcome::Complete;
+    }
     Response::from_parts(parts, ResponseBody::full(body, record))
 }
 
