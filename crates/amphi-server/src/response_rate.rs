@@ -13,11 +13,13 @@
 //! the grace period, every byte handed over adds the time that byte needs at the minimum rate,
 //! and time spent waiting for the client is taken off. The credit is capped at the grace
 //! period plus the time [`BANK`] bytes need, so a client that read fast for a long while has
-//! not earned hours of stalling.
+//! not earned a stall of the whole response's worth.
 //!
-//! Costs: nothing for a response sent in one piece; for a streamed one, a registration with
-//! its connection, and two clock reads and a few atomic stores per frame. The watchdog arms a
-//! timer only while some response on its connection waits for the client.
+//! Costs: for a response sent in one piece, a reference count taken and dropped, and a look
+//! at an atomic counter each time the connection's task wakes; for a streamed one, a
+//! registration with its connection, and two clock reads and a few atomic operations per
+//! frame. The watchdog arms a timer only while some response on its connection waits for the
+//! client.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +37,7 @@ use crate::exchange::Exchange;
 /// defaults) take a client's backlog at once and then release room in lumps of about a third
 /// of themselves: a client reading steadily above the minimum rate can leave the server
 /// waiting for as long as such a lump needs, and its credit must cover that.
-pub(crate) const BANK: u64 = 4 * 1024 * 1024;
+const BANK: u64 = 4 * 1024 * 1024;
 
 /// No deadline: the response is not waiting for its client.
 const NONE: u64 = u64::MAX;
