@@ -37,9 +37,9 @@ const STEADY_RATE: u64 = 512 * 1024;
 const STEADY_GRACE: Duration = Duration::from_millis(100);
 const STEADY_STEP: usize = 48 * 1024;
 const STEADY_EVERY: Duration = Duration::from_millis(16);
-/// The steady reader's response: 8 MiB, twice what the kernel takes at once, so the last part
-/// of it goes out only as fast as the client reads.
-const STEADY_CHUNKS: usize = 128;
+/// The steady reader's response: 6 MiB, more than the kernel takes at once (about 4 MiB), so
+/// the last part of it goes out only as fast as the client reads.
+const STEADY_CHUNKS: usize = 96;
 
 /// What the tests observe from inside the handlers.
 #[derive(Clone)]
@@ -90,8 +90,8 @@ impl Drop for Dropped {
 
 /// A handler that takes longer than the grace period between chunks: its own slowness is not
 /// held against the client.
-const SLOW_CHUNKS: usize = 3;
-const SLOW_PAUSE: Duration = Duration::from_millis(700);
+const SLOW_CHUNKS: usize = 2;
+const SLOW_PAUSE: Duration = Duration::from_millis(600);
 
 /// How many chunks the response for `path` has, and the pause before each: the last segment
 /// says `endless`, `steady` or `slow`.
