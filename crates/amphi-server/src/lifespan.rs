@@ -94,22 +94,28 @@ async fn start_one(prefix: &str, handler: Arc<dyn AsyncHandler>, state: State) -
             // the handler finished: see what it returned.
             _ => finished(&mut task).await,
         },
-        _ = &mut task => {
-            // The task ended; look at the messages it may have sent just before.
+        joined = &mut task => {
+            // The task ended; look at the messages it may have sent just before. Its result is
+            // `joined`: the handle must not be polled again (tokio panics if it is).
             match message_rx.try_recv() {
                 Ok(Message::StartupComplete) => {
                     tracing::warn!(prefix, "lifespan handler returned right after startup.complete; it will get no shutdown event");
                     Started::Unsupported
                 }
                 Ok(Message::StartupFailed { message }) => Started::Failed(message),
-                _ => finished(&mut task).await,
+                _ => outcome(joined),
             }
         }
     }
 }
 
 async fn finished(task: &mut JoinHandle<Result<(), Error>>) -> Started {
-    match task.await {
+    outcome(task.await)
+}
+
+/// What a lifespan task that ended without a startup reply means.
+fn outcome(joined: Result<Result<(), Error>, tokio::task::JoinError>) -> Started {
+    match joined {
         Ok(Ok(())) => Started::Unsupported,
         Ok(Err(e)) => {
             // ASGI: a handler that raises in the lifespan scope does not support it.
