@@ -311,6 +311,37 @@ async fn a_client_that_stops_reading_is_cut_and_its_handler_cancelled() {
     serving.shutdown().await.unwrap();
 }
 
+/// At the default minimum rate, the credit a client earns from what the kernel buffers for it
+/// would let a client that reads nothing hold its handler for hours: the stall timeout is what
+/// cuts it. (With the stall timeout out of the way, this test times out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_at_the_stall_timeout_at_the_default_rate() {
+    const STALL: Duration = Duration::from_secs(1);
+    let (probe, mut rx) = Probe::new();
+    capture_logs();
+    let server = Server::new(router(&probe))
+        .blocking_threads(4)
+        .min_response_rate(amphi::server::DEFAULT_MIN_RESPONSE_RATE, CUT_GRACE)
+        .response_stall_timeout(STALL);
+    let serving = within("binding", server.bind("127.0.0.1:0"))
+        .await
+        .expect("the server starts");
+    let addr = serving.local_addr().unwrap();
+    for mount in ["s", "a"] {
+        let path = format!("/{mount}/h1-stalls/endless");
+        let mut stream = raw_connect(addr).await;
+        request_and_read_head(&mut stream, &path).await;
+        assert_handler_cancelled(&mut rx, &probe, &path).await;
+        assert_nothing_leaks(&serving, &probe).await;
+        assert_logged_too_slow(&path).await;
+        let read = read_to_close(&mut stream).await;
+        assert!(read < ENDLESS * CHUNK, "{path}: {read} bytes");
+        let r = get(addr, Proto::H1, &format!("/{mount}/hello")).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    serving.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_that_stops_reading_is_cut_and_its_handler_cancelled() {
     let (probe, mut rx) = Probe::new();

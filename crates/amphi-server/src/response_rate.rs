@@ -47,6 +47,9 @@ const NONE: u64 = u64::MAX;
 pub(crate) struct ResponseRate {
     pub(crate) bytes_per_second: u64,
     pub(crate) grace: Duration,
+    /// The most a response may wait for its client at one stretch, whatever credit it earned:
+    /// see `Server::response_stall_timeout`.
+    pub(crate) max_stall: Duration,
 }
 
 impl ResponseRate {
@@ -107,7 +110,7 @@ impl ConnWatch {
     pub(crate) fn new(rate: ResponseRate) -> Arc<ConnWatch> {
         Arc::new(ConnWatch {
             rate,
-            cap: rate.grace + rate.time_for(BANK),
+            cap: (rate.grace + rate.time_for(BANK)).min(rate.max_stall),
             base: Instant::now(),
             responses: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
@@ -152,7 +155,7 @@ pub(crate) struct DrainClock {
 impl DrainClock {
     pub(crate) fn new(watch: Arc<ConnWatch>, cross_task: bool) -> DrainClock {
         DrainClock {
-            credit: watch.rate.grace,
+            credit: watch.rate.grace.min(watch.cap),
             watch,
             since: None,
             cross_task,

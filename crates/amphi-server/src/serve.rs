@@ -43,6 +43,9 @@ pub const DEFAULT_MIN_RESPONSE_RATE: u64 = 240;
 /// The default time a streamed response may wait for its client before
 /// [`Server::min_response_rate`] applies.
 pub const DEFAULT_RESPONSE_GRACE_PERIOD: Duration = Duration::from_secs(5);
+
+/// The default of [`Server::response_stall_timeout`]: 60 s, as nginx's `send_timeout`.
+pub const DEFAULT_RESPONSE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default limit on the number of request headers: [`Server::max_headers`].
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// The default limit on the size of a request head: [`Server::max_header_bytes`].
@@ -68,7 +71,7 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 /// | a body over [`max_body_bytes`](Server::max_body_bytes), by its `Content-Length` | `413` before the handler is called |
 /// | a chunked body passing the limit | the handler's reads fail; `413` if its response has not started, else the connection is cut |
 /// | a body trickling in slower than [`min_body_rate`](Server::min_body_rate), or stalled | the handler's reads fail with a timeout; `408` if it gives up before its response started |
-/// | a streamed response taken slower than [`min_response_rate`](Server::min_response_rate), or not read at all | the connection is cut; the handler is dropped and its token flips |
+/// | a streamed response taken slower than [`min_response_rate`](Server::min_response_rate), or not read at all for [`response_stall_timeout`](Server::response_stall_timeout) | the connection is cut; the handler is dropped and its token flips |
 /// | every blocking slot busy for [`queue_timeout`](Server::queue_timeout) | `503` with `Retry-After: 1` (sync handlers only) |
 /// | a handler panic | `500` if the response has not started, else the connection is cut; the server carries on |
 /// | a handler breaking the protocol (no response, a body cut short) | `500` (or a cut connection) and an error log line |
@@ -159,6 +162,7 @@ impl Server {
             response_rate: Some(ResponseRate {
                 bytes_per_second: DEFAULT_MIN_RESPONSE_RATE,
                 grace: DEFAULT_RESPONSE_GRACE_PERIOD,
+                max_stall: DEFAULT_RESPONSE_STALL_TIMEOUT,
             }),
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
             max_headers: DEFAULT_MAX_HEADERS,
@@ -253,18 +257,39 @@ impl Server {
     ///
     /// Bytes count as taken once the connection has them, and the kernel's socket buffers
     /// take several MiB at once from a client that reads nothing and then free room in large
-    /// lumps, so the rate is measured coarsely: a client that stops reading is cut after the
-    /// grace period plus the time what was buffered for it (at most 4 MiB) needs at
-    /// `bytes_per_second`, which at the default rate can be hours. Raise the rate to free slots
-    /// sooner: at 64 KiB/s such a client is cut within about 70 s. Responses sent in one piece,
+    /// lumps, so the rate is measured coarsely: by the rate alone, a client that stops reading
+    /// would be cut only after the grace period plus the time what was buffered for it (at most
+    /// 4 MiB) needs at `bytes_per_second`, which at the default rate is hours. The
+    /// [`response_stall_timeout`](Server::response_stall_timeout) caps that wait (60 s by
+    /// default). Responses sent in one piece,
     /// and the rest of a streamed response once hyper has its last frame, hold a connection
     /// but no handler: they are left to the kernel and to the client.
     #[must_use]
     pub fn min_response_rate(mut self, bytes_per_second: u64, grace_period: Duration) -> Server {
+        let max_stall = self
+            .response_rate
+            .map_or(DEFAULT_RESPONSE_STALL_TIMEOUT, |r| r.max_stall);
         self.response_rate = (bytes_per_second > 0).then_some(ResponseRate {
             bytes_per_second,
             grace: grace_period,
+            max_stall,
         });
+        self
+    }
+
+    /// The longest a streamed response may wait for its client at one stretch (the client
+    /// reads nothing, so the connection takes nothing), whatever credit the minimum rate let it
+    /// earn: past it the connection is cut as for a client below the minimum rate. This is
+    /// what bounds a client that stops reading in practice, since the kernel's buffers make the
+    /// rate alone slow to notice one (see [`min_response_rate`](Server::min_response_rate)). A
+    /// reader that takes data at all within the timeout is not affected. It is part of the
+    /// response-rate watchdog: `min_response_rate(0, _)` turns both off. Default
+    /// [`DEFAULT_RESPONSE_STALL_TIMEOUT`] (60 s, as nginx's `send_timeout`).
+    #[must_use]
+    pub fn response_stall_timeout(mut self, timeout: Duration) -> Server {
+        if let Some(rate) = self.response_rate.as_mut() {
+            rate.max_stall = timeout;
+        }
         self
     }
 
