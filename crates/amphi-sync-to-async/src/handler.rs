@@ -1,7 +1,7 @@
 //! `SyncToAsync`: serve a blocking handler as an async one.
 
 use std::fmt;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -217,7 +217,7 @@ async fn serve<H: SyncHandler>(
     pool: Option<BlockingPool>,
     place: Option<ThreadSensitive>,
     scope: HttpScope,
-    receive: Receiver,
+    mut receive: Receiver,
     send: Sender,
 ) -> Result<(), Error> {
     let context = scope.context().child();
@@ -228,6 +228,32 @@ async fn serve<H: SyncHandler>(
     };
     let exchange = Exchange::new();
     let content_length = content_length(scope.headers());
+    // Most bodies are complete by the time the handler is called (every GET's empty body, a
+    // small POST that came with its head): the blocking side then gets the body in hand, and
+    // neither side waits on the other for it.
+    let first = poll_fn(|cx| Poll::Ready(receive.poll_receive(cx))).await;
+    let (body, body_done) = match first.map(body_item) {
+        Poll::Ready((None, true)) => (BlockingBody::empty(), true),
+        // Not `from_bytes`, which would declare a length the request may not have declared.
+        Poll::Ready((Some(Ok(bytes)), true)) => {
+            (BlockingBody::from_chunks(std::iter::once(Ok(bytes))), true)
+        }
+        first => {
+            let mut done = false;
+            if let Poll::Ready((item, last)) = first {
+                exchange.push_body(item, last);
+                done = last;
+            }
+            let reader = exchange.clone();
+            let token = context.token().clone();
+            let chunks = std::iter::from_fn(move || reader.next_body(&token));
+            (BlockingBody::from_chunks(chunks), done)
+        }
+    };
+    let body = match content_length {
+        Some(len) => body.with_content_length(len),
+        None => body,
+    };
     let scope = scope.with_context(context.clone());
     let span = tracing::Span::current();
     let blocking = {
@@ -239,7 +265,7 @@ async fn serve<H: SyncHandler>(
             let _slot = slot;
             let _context = context.enter();
             let _span = span.enter();
-            let outcome = run_handler(&*handler, scope, content_length, &exchange, &context);
+            let outcome = run_handler(&*handler, scope, body, &exchange);
             done.finish(outcome);
         }
     };
@@ -253,7 +279,7 @@ async fn serve<H: SyncHandler>(
         exchange,
         receive,
         send,
-        body_done: false,
+        body_done,
         pending: None,
         then: None,
         finished: false,
@@ -278,16 +304,9 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 fn run_handler<H: SyncHandler + ?Sized>(
     handler: &H,
     scope: HttpScope,
-    content_length: Option<u64>,
+    body: BlockingBody,
     exchange: &Arc<Exchange>,
-    context: &amphi_core::Context,
 ) -> Result<Outcome, Error> {
-    let reader = exchange.clone();
-    let token = context.token().clone();
-    let mut body = BlockingBody::from_chunks(std::iter::from_fn(move || reader.next_body(&token)));
-    if let Some(len) = content_length {
-        body = body.with_content_length(len);
-    }
     let request = SyncRequest::from_scope(scope, body);
     let response = catch_unwind(AssertUnwindSafe(|| handler.call(request)))
         .map_err(|p| Error::from_panic(&*p))?;
@@ -356,24 +375,7 @@ impl Drive {
             let Poll::Ready(event) = self.receive.poll_receive(cx) else {
                 return;
             };
-            let (item, last) = match event {
-                Ok(Event::Request { body, more_body }) => {
-                    ((!body.is_empty()).then_some(Ok(body)), !more_body)
-                }
-                Ok(Event::Disconnect) => (
-                    Some(Err(Error::new(ErrorKind::Disconnected)
-                        .with_message("client went away before the body ended"))),
-                    true,
-                ),
-                Ok(other) => (
-                    Some(Err(Error::protocol(format!(
-                        "{} received while reading an http body",
-                        other.type_name()
-                    )))),
-                    true,
-                ),
-                Err(e) => (Some(Err(e)), true),
-            };
+            let (item, last) = body_item(event);
             self.body_done = last;
             self.exchange.push_body(item, last);
         }
@@ -410,6 +412,29 @@ impl Drive {
                 }
             }
         }
+    }
+}
+
+/// What a `receive` event means for the blocking body: a chunk or error to hand over (`None`
+/// for an empty chunk), and whether the body ends with it.
+fn body_item(event: Result<Event, Error>) -> (Option<Result<Bytes, Error>>, bool) {
+    match event {
+        Ok(Event::Request { body, more_body }) => {
+            ((!body.is_empty()).then_some(Ok(body)), !more_body)
+        }
+        Ok(Event::Disconnect) => (
+            Some(Err(Error::new(ErrorKind::Disconnected)
+                .with_message("client went away before the body ended"))),
+            true,
+        ),
+        Ok(other) => (
+            Some(Err(Error::protocol(format!(
+                "{} received while reading an http body",
+                other.type_name()
+            )))),
+            true,
+        ),
+        Err(e) => (Some(Err(e)), true),
     }
 }
 

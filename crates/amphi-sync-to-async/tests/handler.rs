@@ -318,3 +318,63 @@ async fn thread_sensitive_handlers_run_per_request_or_on_one_given_thread() {
     let expected = format!("amphi-thread-sensitive {:?}", app.thread().unwrap().id());
     assert_eq!(one.body, expected.as_bytes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_complete_at_the_call_or_streamed_read_the_same() {
+    // The handler reports what it read and the length the request declared.
+    let app = Arc::new(SyncToAsync::new(sync_fn(|mut req: SyncRequest| {
+        let mut text = String::new();
+        let read = req
+            .body_mut()
+            .read_to_string(&mut text)
+            .map(|_| text)
+            .map_err(|e| e.kind());
+        let len = req.body_mut().content_length();
+        http::Response::new(SyncBody::from(format!("{read:?} {len:?}")))
+    })));
+    let ask = |head: http::request::Builder, events: Vec<(&'static str, bool)>| {
+        let mut comm = Communicator::http(app.clone(), head.body(()).unwrap());
+        // Queued before the handler first runs: a single last event is the body complete at
+        // the call; more events stream through the exchange.
+        for (body, more_body) in events {
+            comm.send_input(Event::Request {
+                body: body.into(),
+                more_body,
+            });
+        }
+        async move {
+            let _start = timeout(BOUND, comm.receive_output()).await.unwrap();
+            match timeout(BOUND, comm.receive_output()).await.unwrap() {
+                Some(Message::ResponseBody { body, .. }) => body,
+                other => panic!("not a body: {other:?}"),
+            }
+        }
+    };
+    let get = || http::Request::get("/");
+    assert_eq!(ask(get(), vec![("", false)]).await, "Ok(\"\") None");
+    assert_eq!(
+        ask(http::Request::post("/"), vec![("whole", false)]).await,
+        "Ok(\"whole\") None"
+    );
+    assert_eq!(
+        ask(
+            http::Request::post("/").header("content-length", "5"),
+            vec![("whole", false)]
+        )
+        .await,
+        "Ok(\"whole\") Some(5)"
+    );
+    assert_eq!(
+        ask(
+            http::Request::post("/"),
+            vec![("in ", true), ("", true), ("pieces", false)]
+        )
+        .await,
+        "Ok(\"in pieces\") None"
+    );
+    // A declared length the body does not reach fails the read, whole or streamed.
+    for events in [vec![("whole", false)], vec![("who", true), ("le", false)]] {
+        let head = http::Request::post("/").header("content-length", "9");
+        assert_eq!(ask(head, events).await, "Err(UnexpectedEof) Some(9)");
+    }
+}
