@@ -138,7 +138,7 @@ impl Communicator {
         let outbox = Arc::new(Mutex::new(Outbox::default()));
         let receive = Receiver::new(InboxSource(inbox.clone()));
         let send = Sender::for_scope(&scope, OutboxSink(outbox.clone()));
-        let app = Box::pin(async move { handler.call(scope, receive, send).await });
+        let app = H::call_owned(handler, scope, receive, send);
         Communicator {
             inbox,
             outbox,

@@ -96,9 +96,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             .with_rate(app.body_rate),
         );
         let send = Sender::http(ExchangeSink(exchange.clone()));
-        let handler = handler.clone();
-        let fut: BoxFuture<'static, Result<(), Error>> =
-            Box::pin(async move { handler.call(Scope::Http(scope), receive, send).await });
+        let fut = handler
+            .clone()
+            .call_owned(Scope::Http(scope), receive, send);
         record.status = None;
         ResponseFuture {
             state: Stage::Driving(Driving {

@@ -174,8 +174,29 @@ impl<H: SyncHandler> AsyncHandler for SyncToAsync<H> {
         &self,
         scope: Scope,
         receive: Receiver,
-        mut send: Sender,
+        send: Sender,
     ) -> BoxFuture<'_, Result<(), Error>> {
+        self.start(scope, receive, send)
+    }
+
+    fn call_owned(
+        self: Arc<Self>,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        self.start(scope, receive, send)
+    }
+}
+
+impl<H: SyncHandler> SyncToAsync<H> {
+    /// Both `call`s: the future borrows nothing from `self`.
+    fn start(
+        &self,
+        scope: Scope,
+        receive: Receiver,
+        mut send: Sender,
+    ) -> BoxFuture<'static, Result<(), Error>> {
         match scope {
             Scope::Http(scope) => {
                 let place = match &self.place {

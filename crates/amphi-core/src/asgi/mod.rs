@@ -71,6 +71,22 @@ pub trait AsyncHandler: Send + Sync + 'static {
         receive: Receiver,
         send: Sender,
     ) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// [`call`](AsyncHandler::call) on a handler held in an `Arc`, for a future that borrows
+    /// nothing: what a server that keeps the future apart from the handler calls.
+    ///
+    /// The default boxes a second future that holds the `Arc` around `call`'s. Handlers whose
+    /// `call` future borrows nothing from `self` (amphi's own: [`async_fn`], [`asgi_fn`], the
+    /// adapters) return that future as it is, so a request costs one boxed future, not two.
+    /// Handlers need not implement it.
+    fn call_owned(
+        self: Arc<Self>,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move { self.call(scope, receive, send).await })
+    }
 }
 
 impl<H: AsyncHandler + ?Sized> AsyncHandler for Arc<H> {
@@ -81,6 +97,15 @@ impl<H: AsyncHandler + ?Sized> AsyncHandler for Arc<H> {
         send: Sender,
     ) -> BoxFuture<'_, Result<(), Error>> {
         (**self).call(scope, receive, send)
+    }
+
+    fn call_owned(
+        self: Arc<Self>,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        H::call_owned(Arc::clone(&self), scope, receive, send)
     }
 }
 
@@ -148,8 +173,33 @@ where
         &self,
         scope: Scope,
         receive: Receiver,
-        mut send: Sender,
+        send: Sender,
     ) -> BoxFuture<'_, Result<(), Error>> {
+        self.serve(scope, receive, send)
+    }
+
+    fn call_owned(
+        self: Arc<Self>,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        self.serve(scope, receive, send)
+    }
+}
+
+impl<F, Fut> AsyncFn<F>
+where
+    F: Fn(AsyncRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = AsyncResponse> + Send + 'static,
+{
+    /// Both `call`s: the future borrows nothing from `self`.
+    fn serve(
+        &self,
+        scope: Scope,
+        receive: Receiver,
+        mut send: Sender,
+    ) -> BoxFuture<'static, Result<(), Error>> {
         let scope = match scope {
             Scope::Http(s) => s,
             Scope::Lifespan(_) => return Box::pin(acknowledge_lifespan(receive, send)),
@@ -255,6 +305,15 @@ where
         receive: Receiver,
         send: Sender,
     ) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin((self.f)(scope, receive, send))
+    }
+
+    fn call_owned(
+        self: Arc<Self>,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'static, Result<(), Error>> {
         Box::pin((self.f)(scope, receive, send))
     }
 }
