@@ -29,7 +29,9 @@ pub(crate) struct AccessRecord {
     uri: Uri,
     version: Version,
     kind: HandlerKind,
-    started: Instant,
+    /// `None` when the access log is filtered out (neither its info nor its warn lines are
+    /// enabled): the request then costs no clock reads and logs nothing.
+    started: Option<Instant>,
     pub(crate) status: Option<StatusCode>,
     pub(crate) bytes: u64,
     pub(crate) outcome: Outcome,
@@ -50,7 +52,8 @@ impl AccessRecord {
             uri,
             version,
             kind,
-            started: Instant::now(),
+            started: tracing::enabled!(target: "amphi::access", tracing::Level::WARN)
+                .then(Instant::now),
             status: None,
             bytes: 0,
             outcome: Outcome::Running,
@@ -69,8 +72,11 @@ impl AccessRecord {
 impl Drop for AccessRecord {
     fn drop(&mut self) {
         self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let Some(started) = self.started else {
+            return;
+        };
         let status = self.status.map_or(0, |s| s.as_u16());
-        let duration_us = self.started.elapsed().as_micros() as u64;
+        let duration_us = started.elapsed().as_micros() as u64;
         let method = self.method.as_str();
         let path = self.uri.path();
         let kind = self.kind.as_str();

@@ -83,8 +83,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             .with_client(self.client)
             .with_server(self.server)
             .with_root_path(route.prefix.clone());
-        let scope = HttpScope::new(parts, info).with_state(app.state.clone());
-        let context = scope.context().clone();
+        let context = Context::new();
+        let scope = HttpScope::from_parts(parts, info, context.clone(), app.state.clone());
         let exchange = Arc::new(Exchange::default());
         let receive = Receiver::new(
             IncomingSource::new(
@@ -119,8 +119,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(CONTENT_LENGTH)?
+    values(req.headers(), &CONTENT_LENGTH)
+        .next()?
         .to_str()
         .ok()?
         .trim()
@@ -335,10 +335,25 @@ fn length_mismatch(status: StatusCode, headers: &http::HeaderMap, len: u64) -> b
     {
         return false;
     }
-    headers
-        .get_all(CONTENT_LENGTH)
-        .iter()
+    values(headers, &CONTENT_LENGTH)
         .any(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) != Some(len))
+}
+
+/// Every value of `name` in `headers`, in order. Requests and responses carry a handful of
+/// headers, and comparing that many names is cheaper than hashing one (`HeaderMap::get_all`);
+/// larger maps are looked up as usual.
+fn values<'a>(
+    headers: &'a http::HeaderMap,
+    name: &'a http::HeaderName,
+) -> impl Iterator<Item = &'a HeaderValue> + 'a {
+    let few = headers.len() <= 8;
+    let scanned = few.then(|| headers.iter().filter(move |(k, _)| *k == name));
+    let looked_up = (!few).then(|| headers.get_all(name).iter());
+    scanned
+        .into_iter()
+        .flatten()
+        .map(|(_, v)| v)
+        .chain(looked_up.into_iter().flatten())
 }
 
 /// The 500 for a handler whose `Content-Length` disagrees with its body.
