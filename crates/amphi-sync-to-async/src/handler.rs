@@ -283,10 +283,14 @@ async fn serve<H: SyncHandler>(
         // lent thread-sensitive context that ended), its drop still tells the async side.
         let done = Abandon(Some(exchange.clone()));
         move || {
-            let _slot = slot;
-            let _context = context.enter();
-            let _span = span.enter();
-            let outcome = run_handler(&*handler, scope, body, &exchange);
+            let outcome = {
+                let _slot = slot;
+                let _context = context.enter();
+                let _span = span.enter();
+                run_handler(&*handler, scope, body, &exchange)
+            };
+            // The slot is back before the caller hears the outcome: a caller that saw its
+            // response complete never counts the call as still in flight.
             done.finish(outcome);
         }
     };
