@@ -796,6 +796,45 @@ async fn slow_or_silent_clients_are_cut_at_the_header_timeout() {
     assert!(out.starts_with(b"HTTP/1.1 200"));
 }
 
+/// The header timeout runs only while a connection waits for a head: a request that takes
+/// longer is served, and the keep-alive connection is closed once it has idled for the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_spares_requests_in_progress_and_closes_idle_keep_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeout = Duration::from_millis(300);
+    let (probe, mut rx) = Probe::new();
+    let serving = start(test_server(&probe).header_read_timeout(Some(timeout))).await;
+    let mut stream = tokio::net::TcpStream::connect(serving.local_addr().unwrap())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /s/block HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    expect_event(&mut rx, "sync started").await;
+    tokio::time::sleep(timeout * 3).await;
+    probe.gate.cancel();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    within("the blocked response", async {
+        while !out.ends_with(b"sync released") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed mid-request: {}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(out.starts_with(b"HTTP/1.1 200"));
+    let idle = std::time::Instant::now();
+    let n = within("the idle connection to close", stream.read(&mut buf)).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "the connection stayed usable");
+    assert!(idle.elapsed() >= timeout - Duration::from_millis(50));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_over_a_unix_socket() {
     let (probe, _rx) = Probe::new();

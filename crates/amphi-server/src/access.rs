@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use http::{Method, StatusCode, Uri, Version};
 
+use crate::idle::ConnState;
 use crate::router::HandlerKind;
-use crate::service::App;
 
 /// How a request ended, as the access log says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,8 @@ pub(crate) enum Outcome {
 
 /// What the access log line for one request says; logged when dropped, on every path.
 pub(crate) struct AccessRecord {
-    app: Arc<App>,
+    /// The request's connection, which reaches the app.
+    conn: Arc<ConnState>,
     method: Method,
     uri: Uri,
     version: Version,
@@ -39,15 +40,16 @@ pub(crate) struct AccessRecord {
 
 impl AccessRecord {
     pub(crate) fn new(
-        app: Arc<App>,
+        conn: Arc<ConnState>,
         method: Method,
         uri: Uri,
         version: Version,
         kind: HandlerKind,
     ) -> AccessRecord {
-        app.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.app.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.request_started(version);
         AccessRecord {
-            app,
+            conn,
             method,
             uri,
             version,
@@ -71,7 +73,8 @@ impl AccessRecord {
 
 impl Drop for AccessRecord {
     fn drop(&mut self) {
-        self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.conn.app.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.conn.request_ended();
         let Some(started) = self.started else {
             return;
         };
@@ -96,7 +99,7 @@ impl Drop for AccessRecord {
                 method, path, status, bytes = self.bytes, duration_us, kind, version,
                 outcome = "cut"
             ),
-            Outcome::Running if self.app.cutting.load(Ordering::Relaxed) => tracing::warn!(
+            Outcome::Running if self.conn.app.cutting.load(Ordering::Relaxed) => tracing::warn!(
                 target: "amphi::access",
                 method, path, status, bytes = self.bytes, duration_us, kind, version,
                 outcome = "cut at shutdown"

@@ -54,6 +54,7 @@ mod access;
 mod body;
 mod error;
 mod exchange;
+mod idle;
 mod lifespan;
 mod response_rate;
 mod router;

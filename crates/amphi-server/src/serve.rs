@@ -5,8 +5,10 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use amphi_core::{AsyncHandler, CancellationToken, State};
@@ -20,6 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::exchange::BodyRate;
+use crate::idle::{ConnState, HeadDeadline};
 use crate::lifespan::Lifespans;
 use crate::response_rate::{ConnWatch, ResponseRate, Watchdog};
 use crate::service::{App, ConnService};
@@ -526,7 +529,9 @@ fn connection_builder(settings: ConnSettings) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // The connection's task keeps the header-read timeout (`idle.rs`): hyper's would box
+        // and register a timer for every request head.
+        .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes);
     if settings.max_headers != HYPER_MAX_HEADERS {
         // hyper enforces its own default of 100 on an inline array; setting any limit, even
@@ -600,7 +605,7 @@ async fn run<L: Listen>(
         max_connections,
         grace_period,
     } = prepared;
-    let builder = connection_builder(settings);
+    let builder = Arc::new(connection_builder(settings));
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(max_connections));
     let mut conns = JoinSet::new();
@@ -628,45 +633,50 @@ async fn run<L: Listen>(
             }
         };
         listener.prepare(&io);
-        let seen_request = Arc::new(AtomicBool::new(false));
+        let state = ConnState::new(app.clone());
         let watch = settings.response_rate.map(ConnWatch::new);
         let service = ConnService {
             app: app.clone(),
             client,
             server: server_addr,
-            seen_request: seen_request.clone(),
+            conn: state.clone(),
             watch: watch.clone(),
         };
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let first_request = settings.header_read_timeout;
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let head_timeout = settings.header_read_timeout;
         conns.spawn(async move {
             let _permit = permit;
+            // Made here, borrowing the shared builder, rather than made outside and moved in:
+            // a captured connection would be laid out twice in this future (the capture and
+            // the pinned local), and an owned one carries its own copy of the builder.
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
             tokio::pin!(conn);
-            // Polled after the connection, so it sees what the connection just did: returning
+            // Polled after the connection, so they see what the connection just did: returning
             // drops the connection, which cuts it.
             let mut watchdog = Watchdog::new(watch);
-            if let Some(deadline) = first_request {
-                tokio::select! {
-                    biased;
-                    result = &mut conn => return log_connection_end(result),
-                    () = &mut watchdog => return,
-                    _ = tokio::time::sleep(deadline) => {}
+            let mut deadline = head_timeout.map(|t| HeadDeadline::new(state, t));
+            let timer = tokio::time::sleep(head_timeout.unwrap_or(Duration::MAX));
+            tokio::pin!(timer);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    log_connection_end(result);
+                    return Poll::Ready(());
                 }
-                if !seen_request.load(Ordering::Relaxed) {
-                    tracing::debug!(
-                        "no request within the header read timeout; closing the connection"
-                    );
-                    return;
+                if Pin::new(&mut watchdog).poll(cx).is_ready() {
+                    return Poll::Ready(());
                 }
-            }
-            tokio::select! {
-                biased;
-                result = &mut conn => log_connection_end(result),
-                () = &mut watchdog => {}
-            }
+                if let Some(d) = &mut deadline {
+                    if d.poll_expired(timer.as_mut(), cx) {
+                        tracing::debug!(
+                            "no request head within the header read timeout; closing the connection"
+                        );
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
         });
     }
     drop(listener);

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use crate::access::{AccessRecord, Outcome};
 use crate::body::ResponseBody;
 use crate::exchange::{BodyRate, Exchange, ExchangeSink, IncomingSource};
+use crate::idle::ConnState;
 use crate::response_rate::{ConnWatch, DrainClock};
 use crate::router::{HandlerKind, RouteTable};
 
@@ -44,8 +45,8 @@ pub(crate) struct ConnService {
     pub(crate) app: Arc<App>,
     pub(crate) client: Option<SocketAddr>,
     pub(crate) server: Option<SocketAddr>,
-    /// Set by the first request, so the connection's first-request deadline stops applying.
-    pub(crate) seen_request: Arc<AtomicBool>,
+    /// What the connection's task watches: requests in progress, for the head deadline.
+    pub(crate) conn: Arc<ConnState>,
     /// The connection's streamed responses, watched for the minimum response rate.
     pub(crate) watch: Option<Arc<ConnWatch>>,
 }
@@ -56,14 +57,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = ResponseFuture;
 
     fn call(&self, req: Request<Incoming>) -> ResponseFuture {
-        if !self.seen_request.load(Ordering::Relaxed) {
-            self.seen_request.store(true, Ordering::Relaxed);
-        }
         let app = &self.app;
         let route = app.routes.resolve(req.uri().path());
         let kind = route.map_or(HandlerKind::None, |r| r.kind);
         let mut record = AccessRecord::new(
-            app.clone(),
+            self.conn.clone(),
             req.method().clone(),
             req.uri().clone(),
             req.version(),

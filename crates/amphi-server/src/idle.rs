@@ -1,0 +1,131 @@
+//! The header-read timeout, kept by each connection's task rather than by hyper.
+//!
+//! hyper's own `header_read_timeout` boxes a new timer for every request head and inserts it
+//! into (and removes it from) tokio's timer wheel, whether or not the head is slow: an
+//! allocation and two locked wheel operations per request. Here each connection has one
+//! timer, polled next to the connection, that looks at the connection's requests only when it
+//! fires: a request costs a counter increment, a decrement and a clock read, and the timer is
+//! re-armed at most once per timeout period.
+//!
+//! The rule is the one hyper applies, plus the first request of HTTP/2 connections: a
+//! connection with no request in progress (a new one, or a keep-alive one whose last response
+//! is done) must deliver a complete request head within the timeout, or it is closed.
+//! HTTP/1.1 heads are counted complete when hyper hands the request to the service, so a head
+//! trickled in a byte at a time (slowloris) runs out the same clock as silence. An HTTP/2
+//! connection is left alone after its first request: its streams have no head timeout.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Context as TaskContext;
+use std::time::Duration;
+
+use http::Version;
+use tokio::time::{Instant, Sleep};
+
+use crate::service::App;
+
+/// What one connection's requests and its task share.
+pub(crate) struct ConnState {
+    pub(crate) app: Arc<App>,
+    /// The origin of `idle_since`.
+    base: Instant,
+    /// Requests whose response is not finished (their access record is alive).
+    active: AtomicUsize,
+    /// When the last response finished, in nanoseconds since `base` (0: the connection's
+    /// start). Written before `active` is decremented, so a reader that sees no request in
+    /// progress sees the time the last one ended.
+    idle_since: AtomicU64,
+    /// The connection speaks HTTP/2: no head timeout after its first request.
+    h2: AtomicBool,
+}
+
+impl ConnState {
+    pub(crate) fn new(app: Arc<App>) -> Arc<ConnState> {
+        Arc::new(ConnState {
+            app,
+            base: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+        })
+    }
+
+    /// A request head arrived.
+    pub(crate) fn request_started(&self, version: Version) {
+        if version == Version::HTTP_2 && !self.h2.load(Ordering::Relaxed) {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A request's response is finished (or abandoned).
+    pub(crate) fn request_ended(&self) {
+        let since = Instant::now().saturating_duration_since(self.base);
+        self.idle_since.store(
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// When the connection's next head is due, or `None` while a request is in progress.
+    fn head_due(&self, timeout: Duration) -> Option<Instant> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let idle = Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
+        Some(self.base + idle + timeout)
+    }
+}
+
+/// The header-read deadline of one connection; its timer is a `Sleep` the connection's task
+/// keeps pinned next to it.
+pub(crate) struct HeadDeadline {
+    state: Arc<ConnState>,
+    timeout: Duration,
+    /// The connection turned out to be HTTP/2 and has had its first request.
+    off: bool,
+}
+
+impl HeadDeadline {
+    /// The deadline for `state`'s connection; its timer starts at `Instant::now() + timeout`.
+    pub(crate) fn new(state: Arc<ConnState>, timeout: Duration) -> HeadDeadline {
+        HeadDeadline {
+            state,
+            timeout,
+            off: false,
+        }
+    }
+
+    /// Whether the connection has gone past its deadline and is to be closed. Re-arms `timer`
+    /// (made with [`tokio::time::sleep`] for `timeout`) when it fires early: a request came
+    /// meanwhile, or one is in progress.
+    pub(crate) fn poll_expired(
+        &mut self,
+        mut timer: Pin<&mut Sleep>,
+        cx: &mut TaskContext<'_>,
+    ) -> bool {
+        if self.off {
+            return false;
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if self.state.h2.load(Ordering::Relaxed) {
+                // The entry left the timer wheel when it fired; nothing re-arms it.
+                self.off = true;
+                return false;
+            }
+            let now = Instant::now();
+            let due = self
+                .state
+                .head_due(self.timeout)
+                .unwrap_or(now + self.timeout);
+            if due <= now {
+                return true;
+            }
+            timer.as_mut().reset(due);
+        }
+        false
+    }
+}
