@@ -87,6 +87,10 @@ pub(crate) struct HeadDeadline {
     timeout: Duration,
     /// The connection turned out to be HTTP/2 and has had its first request.
     off: bool,
+    /// The timer is in tokio's wheel with this task's waker, so until it fires it need not
+    /// be polled: polling a `Sleep` costs a budget check and a waker registration, and the
+    /// connection's task is polled a few times per request.
+    armed: bool,
 }
 
 impl HeadDeadline {
@@ -96,6 +100,7 @@ impl HeadDeadline {
             state,
             timeout,
             off: false,
+            armed: false,
         }
     }
 
@@ -107,9 +112,12 @@ impl HeadDeadline {
         mut timer: Pin<&mut Sleep>,
         cx: &mut TaskContext<'_>,
     ) -> bool {
-        if self.off {
+        if self.off || (self.armed && !timer.is_elapsed()) {
             return false;
         }
+        // The waker the timer holds stays good: this future is its task's, and a task keeps
+        // its waker.
+        self.armed = true;
         while timer.as_mut().poll(cx).is_ready() {
             if self.state.h2.load(Ordering::Relaxed) {
                 // The entry left the timer wheel when it fired; nothing re-arms it.
