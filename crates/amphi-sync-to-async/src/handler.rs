@@ -1,7 +1,7 @@
 //! `SyncToAsync`: serve a blocking handler as an async one.
 
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use amphi_core::{
 use bytes::Bytes;
 
 use crate::exchange::{Exchange, Out, Outcome};
-use crate::pool::BlockingPool;
+use crate::pool::{BlockingPool, Slot};
 
 /// Serves a [`SyncHandler`] as an [`AsyncHandler`]: each request runs the blocking handler on
 /// tokio's blocking pool, with its body streamed in and its response streamed out.
@@ -204,14 +204,36 @@ impl<H: SyncHandler> SyncToAsync<H> {
                     Place::PerRequest => Some(per_request(&scope)),
                     Place::Shared(ts) => Some(ts.clone()),
                 };
-                Box::pin(serve(
-                    self.handler.clone(),
-                    self.pool.clone(),
+                let launch = Launch {
+                    handler: self.handler.clone(),
+                    slot: None,
                     place,
                     scope,
                     receive,
                     send,
-                ))
+                };
+                match &self.pool {
+                    None => Box::pin(Serve::Launch(launch)),
+                    Some(pool) => match pool.try_acquire() {
+                        Some(slot) => Box::pin(Serve::Launch(Launch {
+                            slot: Some(slot),
+                            ..launch
+                        })),
+                        // The wait for a slot holds a timer: only the requests that wait
+                        // carry it.
+                        None => {
+                            let pool = pool.clone();
+                            Box::pin(async move {
+                                let slot = pool.acquire().await?;
+                                Serve::Launch(Launch {
+                                    slot: Some(slot),
+                                    ..launch
+                                })
+                                .await
+                            })
+                        }
+                    },
+                }
             }
             Scope::WebSocket(_) => Box::pin(async move {
                 send.send(Message::WebSocketClose {
@@ -233,84 +255,121 @@ fn per_request(scope: &HttpScope) -> ThreadSensitive {
         .unwrap_or_else(|| scope.context().get_or_insert_with(ThreadSensitive::new))
 }
 
-async fn serve<H: SyncHandler>(
+/// What one request needs to start its blocking side; the start waits for the first poll,
+/// which has a waker to look at `receive` with.
+struct Launch<H> {
     handler: Arc<H>,
-    pool: Option<BlockingPool>,
+    slot: Option<Slot>,
     place: Option<ThreadSensitive>,
     scope: HttpScope,
-    mut receive: Receiver,
+    receive: Receiver,
     send: Sender,
-) -> Result<(), Error> {
-    let context = scope.context().child();
-    let cancel = context.token().clone().drop_guard();
-    let slot = match &pool {
-        Some(pool) => Some(pool.acquire().await?),
-        None => None,
-    };
-    let exchange = Exchange::new();
-    let content_length = content_length(scope.headers());
-    // Most bodies are complete by the time the handler is called (every GET's empty body, a
-    // small POST that came with its head): the blocking side then gets the body in hand, and
-    // neither side waits on the other for it.
-    let first = poll_fn(|cx| Poll::Ready(receive.poll_receive(cx))).await;
-    let (body, body_done) = match first.map(body_item) {
-        Poll::Ready((None, true)) => (BlockingBody::empty(), true),
-        // Not `from_bytes`, which would declare a length the request may not have declared.
-        Poll::Ready((Some(Ok(bytes)), true)) => {
-            (BlockingBody::from_chunks(std::iter::once(Ok(bytes))), true)
-        }
-        first => {
-            let mut done = false;
-            if let Poll::Ready((item, last)) = first {
-                exchange.push_body(item, last);
-                done = last;
+}
+
+impl<H: SyncHandler> Launch<H> {
+    /// Starts the blocking side and returns the async side that serves it.
+    fn start(self, cx: &mut TaskContext<'_>) -> Result<Drive, Error> {
+        let Launch {
+            handler,
+            slot,
+            place,
+            scope,
+            mut receive,
+            send,
+        } = self;
+        let context = scope.context().child();
+        let cancel = context.token().clone().drop_guard();
+        let exchange = Exchange::new();
+        let content_length = content_length(scope.headers());
+        // Most bodies are complete by the time the handler is called (every GET's empty body,
+        // a small POST that came with its head): the blocking side then gets the body in
+        // hand, and neither side waits on the other for it.
+        let (body, body_done) = match receive.poll_receive(cx).map(body_item) {
+            Poll::Ready((None, true)) => (BlockingBody::empty(), true),
+            // Not `from_bytes`, which would declare a length the request may not have declared.
+            Poll::Ready((Some(Ok(bytes)), true)) => {
+                (BlockingBody::from_chunks(std::iter::once(Ok(bytes))), true)
             }
-            let reader = exchange.clone();
-            let token = context.token().clone();
-            let chunks = std::iter::from_fn(move || reader.next_body(&token));
-            (BlockingBody::from_chunks(chunks), done)
+            first => {
+                let mut done = false;
+                if let Poll::Ready((item, last)) = first {
+                    exchange.push_body(item, last);
+                    done = last;
+                }
+                let reader = exchange.clone();
+                let token = context.token().clone();
+                let chunks = std::iter::from_fn(move || reader.next_body(&token));
+                (BlockingBody::from_chunks(chunks), done)
+            }
+        };
+        let body = match content_length {
+            Some(len) => body.with_content_length(len),
+            None => body,
+        };
+        let scope = scope.with_context(context.clone());
+        let span = tracing::Span::current();
+        let blocking = {
+            let exchange = exchange.clone();
+            // Made out here and moved in: if the closure is dropped unrun (runtime shutdown,
+            // or a lent thread-sensitive context that ended), its drop still tells the async
+            // side.
+            let done = Abandon(Some(exchange.clone()));
+            move || {
+                let outcome = {
+                    let _slot = slot;
+                    let _context = context.enter();
+                    let _span = span.enter();
+                    run_handler(&*handler, scope, body, &exchange)
+                };
+                // The slot is back before the caller hears the outcome: a caller that saw its
+                // response complete never counts the call as still in flight.
+                done.finish(outcome);
+            }
+        };
+        match place {
+            // The join handle is not needed: the outcome comes back through the exchange,
+            // and the closure reports even a drop-before-run there.
+            None => drop(tokio::task::spawn_blocking(blocking)),
+            Some(ts) => ts.submit(blocking)?,
         }
-    };
-    let body = match content_length {
-        Some(len) => body.with_content_length(len),
-        None => body,
-    };
-    let scope = scope.with_context(context.clone());
-    let span = tracing::Span::current();
-    let blocking = {
-        let exchange = exchange.clone();
-        // Made out here and moved in: if the closure is dropped unrun (runtime shutdown, or a
-        // lent thread-sensitive context that ended), its drop still tells the async side.
-        let done = Abandon(Some(exchange.clone()));
-        move || {
-            let outcome = {
-                let _slot = slot;
-                let _context = context.enter();
-                let _span = span.enter();
-                run_handler(&*handler, scope, body, &exchange)
+        Ok(Drive {
+            exchange,
+            receive,
+            send,
+            body_done,
+            pending: None,
+            then: None,
+            finished: false,
+            cancel: Some(cancel),
+        })
+    }
+}
+
+/// The future of one request: starts the blocking side on its first poll, then drives it.
+/// Written by hand so that the one allocation a request makes for it stays small (an `async
+/// fn` lays out its arguments and the locals they move into side by side).
+enum Serve<H> {
+    Launch(Launch<H>),
+    Drive(Drive),
+    Done,
+}
+
+impl<H: SyncHandler> Future for Serve<H> {
+    type Output = Result<(), Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Serve::Launch(_) = this {
+            let Serve::Launch(launch) = std::mem::replace(this, Serve::Done) else {
+                unreachable!("matched Launch above")
             };
-            // The slot is back before the caller hears the outcome: a caller that saw its
-            // response complete never counts the call as still in flight.
-            done.finish(outcome);
+            *this = Serve::Drive(launch.start(cx)?);
         }
-    };
-    match place {
-        // The join handle is not needed: the outcome comes back through the exchange, and
-        // the closure reports even a drop-before-run there.
-        None => drop(tokio::task::spawn_blocking(blocking)),
-        Some(ts) => ts.submit(blocking)?,
+        match this {
+            Serve::Drive(drive) => Pin::new(drive).poll(cx),
+            _ => panic!("the request's future was polled after it completed"),
+        }
     }
-    Drive {
-        exchange,
-        receive,
-        send,
-        body_done,
-        pending: None,
-        then: None,
-        finished: false,
-        cancel: Some(cancel),
-    }
-    .await
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {

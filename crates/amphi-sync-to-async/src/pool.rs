@@ -117,6 +117,12 @@ impl BlockingPool {
         self.limit - self.semaphore.available_permits()
     }
 
+    /// Takes a slot if one is free now.
+    pub(crate) fn try_acquire(&self) -> Option<Slot> {
+        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        Some(Slot { _permit: permit })
+    }
+
     /// Takes a slot, waiting up to the queue timeout.
     ///
     /// # Cancellation
@@ -124,8 +130,8 @@ impl BlockingPool {
     /// Dropping the future while it waits takes no slot.
     pub(crate) async fn acquire(&self) -> Result<Slot, Error> {
         // The fast path takes no timer: most calls find a slot free.
-        if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
-            return Ok(Slot { _permit: permit });
+        if let Some(slot) = self.try_acquire() {
+            return Ok(slot);
         }
         let waited = if self.queue_timeout.is_zero() {
             None
