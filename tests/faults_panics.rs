@@ -353,6 +353,16 @@ async fn async_handlers_breaking_the_protocol_get_a_500_and_an_error_log() {
         ][..],
         &[
             "ERROR",
+            "protocol misuse by a handler",
+            "http.response.start sent a second time",
+        ][..],
+        &[
+            "ERROR",
+            "protocol misuse: handler returned before finishing its response",
+            "path=/a/misuse-h1/half",
+        ][..],
+        &[
+            "ERROR",
             "handler failed before its response started",
             "async early error on purpose",
         ][..],
