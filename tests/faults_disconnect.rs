@@ -130,6 +130,20 @@ fn router(probe: &Probe) -> Router {
                 .on_close(move || p2.say("sync body closed"));
                 http::Response::new(body)
             }
+            "download-chunks" => {
+                // An iterator body: it must not be pulled again once a write failed, so it
+                // never gets to its last chunk.
+                let (p1, p2) = (p.clone(), p.clone());
+                let chunks = (0..MAX_CHUNKS).map(move |i| {
+                    let _live = &live;
+                    if i + 1 == MAX_CHUNKS {
+                        p1.say("sync iterator exhausted");
+                    }
+                    Bytes::from(vec![b'x'; CHUNK])
+                });
+                let body = SyncBody::chunks(chunks).on_close(move || p2.say("sync body closed"));
+                http::Response::new(body)
+            }
             "work" => {
                 p.say("sync working");
                 let flipped = req.cancellation().wait_timeout(PATIENCE);
@@ -364,28 +378,35 @@ async fn client_gone_mid_download_cancels_both_kinds_and_runs_cleanup() {
     let serving = start(&probe).await;
     let addr = serving.local_addr().unwrap();
     for proto in BOTH {
-        for mount in ["s", "a"] {
-            let path = format!("/{mount}/{}/download", tag("download", proto));
+        for (mount, action) in [
+            ("s", "download"),
+            ("s", "download-chunks"),
+            ("a", "download"),
+        ] {
+            let path = format!("/{mount}/{}/{action}", tag("download", proto));
             let mut conn = Conn::open(addr, proto).await;
             let req = conn.request(Method::GET, &path).body(empty()).unwrap();
             let resp = within("the head", conn.send(req)).await.expect("a head");
             read_some_then_leave(conn, resp, 4 * CHUNK).await;
-            if mount == "s" {
-                expect(
-                    &mut rx,
-                    "sync write failed: ConnectionAborted Some(Disconnected)",
-                )
-                .await;
-                expect(&mut rx, "sync body closed").await;
-            } else {
-                expect(&mut rx, "async dropped").await;
+            match action {
+                "download" if mount == "s" => {
+                    expect(
+                        &mut rx,
+                        "sync write failed: ConnectionAborted Some(Disconnected)",
+                    )
+                    .await;
+                    expect(&mut rx, "sync body closed").await;
+                }
+                // The iterator is dropped at the failed write, before its end.
+                "download-chunks" => expect(&mut rx, "sync body closed").await,
+                _ => expect(&mut rx, "async dropped").await,
             }
             assert_nothing_leaks(&serving, &probe).await;
             assert_token_flips(&probe, &path).await;
             assert_logged_client_gone(&path).await;
         }
     }
-    assert_eq!(probe.live.total(), 4);
+    assert_eq!(probe.live.total(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
