@@ -31,6 +31,12 @@ const TRICKLE_EVERY: Duration = Duration::from_millis(100);
 /// The body-rate settings of the body tests: after the grace period, 1000 bytes/s.
 const MIN_RATE: u64 = 1000;
 const RATE_GRACE: Duration = Duration::from_millis(300);
+/// The slow readers' pause after their first read: longer than the grace period plus what
+/// their whole body ([`SLOW_BODY`] bytes) earns at the minimum rate.
+const SLOW_PAUSE: Duration = Duration::from_millis(1200);
+/// The body a slow reader gets: 100 bytes, then 8 chunks of 50 (more than the 4 chunks a
+/// sync handler's body reads ahead, so the server stops reading while the handler pauses).
+const SLOW_BODY: usize = 500;
 
 fn router(events: mpsc::UnboundedSender<String>) -> Router {
     let ev = events.clone();
@@ -40,9 +46,9 @@ fn router(events: mpsc::UnboundedSender<String>) -> Router {
             let mut buf = [0u8; 1024];
             let mut total = 0;
             loop {
-                match req.body_mut().read(&mut buf) {
+                let n = match req.body_mut().read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => total += n,
+                    Ok(n) => n,
                     Err(e) => {
                         let _ = ev.send(format!(
                             "sync read failed: {:?} {:?}",
@@ -54,11 +60,15 @@ fn router(events: mpsc::UnboundedSender<String>) -> Router {
                             .body(SyncBody::from("too slow"))
                             .unwrap();
                     }
+                };
+                total += n;
+                if slowly && total == n {
+                    // A handler that takes its time after its first read, far longer than
+                    // the body's allowance: its own slowness is not held against the client.
+                    std::thread::sleep(SLOW_PAUSE);
                 }
-                if slowly {
-                    // A handler that takes its time between reads, longer than the grace
-                    // period: its own slowness is not held against the client.
-                    std::thread::sleep(RATE_GRACE * 2);
+                if slowly && total == SLOW_BODY {
+                    let _ = ev.send("sync read slowly".to_owned());
                 }
             }
             http::Response::new(SyncBody::from(format!("read {total}")))
@@ -72,12 +82,20 @@ fn router(events: mpsc::UnboundedSender<String>) -> Router {
                 return Ok(());
             };
             let body = match scope.path() {
-                "/read" => {
+                "/read" | "/read-slowly" => {
+                    let slowly = scope.path() == "/read-slowly";
                     let mut total = 0;
                     loop {
                         match receive.receive().await {
                             Ok(Event::Request { body, more_body }) => {
+                                let first = total == 0 && !body.is_empty();
                                 total += body.len();
+                                if slowly && first {
+                                    tokio::time::sleep(SLOW_PAUSE).await;
+                                }
+                                if slowly && total == SLOW_BODY {
+                                    let _ = ev.send("async read slowly".to_owned());
+                                }
                                 if !more_body {
                                     break;
                                 }
@@ -158,13 +176,96 @@ async fn slowloris(addr: SocketAddr, i: usize) -> SlowEnd {
     }
 }
 
+/// Other ways to hold a connection without ever completing a request head. Each is ended by
+/// a different deadline: hyper's header timeout ends a head that started; the server's
+/// first-request deadline ends a connection that never sends one.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// Connects and sends nothing: not even its protocol is known.
+    Silent,
+    /// Sends the HTTP/2 preface and an empty SETTINGS frame, then nothing.
+    H2Silent,
+    /// Sends a whole request on a keep-alive connection, reads the response, then trickles
+    /// the next head.
+    SecondHead,
+}
+
+/// Connections of each [`Shape`], next to the slowloris ones.
+const PER_SHAPE: usize = 10;
+
+/// Opens a connection that holds the server the way `shape` says, until the server closes it
+/// (bounded by [`PATIENCE`]); `got` is what came after the first response, if any.
+async fn slow_shape(addr: SocketAddr, shape: Shape, i: usize) -> SlowEnd {
+    let started = Instant::now();
+    let stream = TcpStream::connect(addr).await.expect("connecting");
+    let (mut read, mut write) = stream.into_split();
+    let mut buf = [0u8; 1024];
+    let mut got = Vec::new();
+    let mut trickle = false;
+    match shape {
+        Shape::Silent => {}
+        Shape::H2Silent => {
+            let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            preface.extend([0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS, no settings
+            write.write_all(&preface).await.unwrap();
+        }
+        Shape::SecondHead => {
+            let path = if i % 2 == 0 { "/s/hello" } else { "/a/hello" };
+            let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+            write
+                .write_all(format!("{head}\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut first = Vec::new();
+            within("the first response", async {
+                while parse_responses(&first, false).0.is_empty() {
+                    let n = read.read(&mut buf).await.expect("the first response");
+                    assert!(n > 0, "closed before the first response");
+                    first.extend_from_slice(&buf[..n]);
+                }
+            })
+            .await;
+            let (responses, rest) = parse_responses(&first, false);
+            assert_eq!(responses[0].status, 200, "the first request of {shape:?}");
+            got = rest;
+            write.write_all(head.as_bytes()).await.unwrap();
+            trickle = true;
+        }
+    }
+    let mut tick = tokio::time::interval(TRICKLE_EVERY);
+    let what = format!("the server to close a {shape:?} connection");
+    within(&what, async {
+        loop {
+            tokio::select! {
+                r = read.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                },
+                _ = tick.tick(), if trickle => {
+                    let _ = write.write_all(b"X-Trickle: 1\r\n").await;
+                }
+            }
+        }
+    })
+    .await;
+    SlowEnd {
+        after: started.elapsed(),
+        got,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_closed_at_the_header_timeout_while_others_are_served() {
     let (serving, _rx) = start(|r| Server::new(r).header_read_timeout(Some(HEADER_TIMEOUT))).await;
     let addr = serving.local_addr().unwrap();
-    let slow: Vec<_> = (0..SLOW_CONNECTIONS)
+    let mut slow: Vec<_> = (0..SLOW_CONNECTIONS)
         .map(|i| tokio::spawn(slowloris(addr, i)))
         .collect();
+    for shape in [Shape::Silent, Shape::H2Silent, Shape::SecondHead] {
+        for i in 0..PER_SHAPE {
+            slow.push(tokio::spawn(slow_shape(addr, shape, i)));
+        }
+    }
 
     // Normal clients, both kinds, both protocols, on fresh connections (a new connection
     // must send its first request within the header timeout too, and an idle keep-alive one
@@ -312,9 +413,49 @@ async fn a_stalled_body_is_cut_after_the_grace_period() {
     .await;
 }
 
+/// Uploads [`SLOW_BODY`] bytes to a handler that pauses after its first read: the head, then
+/// 100 bytes, then 8 chunks of 50, each a moment after the other (so the handler waits for
+/// the client at first), and the end of the body only once the handler says it has read the
+/// rest (so it waits for the client again, briefly, long after its first wait). Returns the
+/// one response.
+async fn upload_to_a_slow_reader(
+    addr: SocketAddr,
+    path: &str,
+    read_all: &str,
+    events: &mut mpsc::UnboundedReceiver<String>,
+) -> RawResponse {
+    let stream = TcpStream::connect(addr).await.expect("connecting");
+    let (mut read, mut write) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    write.write_all(head.as_bytes()).await.unwrap();
+    let chunk = |n: usize| format!("{n:x}\r\n{}\r\n", "s".repeat(n));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    write.write_all(chunk(100).as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    write
+        .write_all(chunk(50).repeat(8).as_bytes())
+        .await
+        .unwrap();
+    let got = within("the slow reader to read the body", events.recv()).await;
+    assert_eq!(got.as_deref(), Some(read_all), "{path}");
+    // A write error means the server has given up already; the response says why.
+    let _ = write.write_all(b"0\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = within("the response", read.read_to_end(&mut out)).await;
+    let (mut responses, rest) = parse_responses(&out, false);
+    assert!(
+        responses.len() == 1 && rest.is_empty(),
+        "{path}: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    responses.remove(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_that_keep_up_and_handlers_that_read_slowly_are_not_cut() {
-    let (serving, _rx) = start(|r| Server::new(r).min_body_rate(MIN_RATE, RATE_GRACE)).await;
+    let (serving, mut rx) = start(|r| Server::new(r).min_body_rate(MIN_RATE, RATE_GRACE)).await;
     let addr = serving.local_addr().unwrap();
     for proto in BOTH {
         let mut conn = Conn::open(addr, proto).await;
@@ -344,13 +485,20 @@ async fn uploads_that_keep_up_and_handlers_that_read_slowly_are_not_cut() {
             );
             within("the sender", sending).await.unwrap();
         }
-        // A handler that pauses between reads for longer than the grace period.
-        let chunks = (0..2).map(|_| Bytes::from(vec![b's'; 1024]));
-        let r = conn.post("/s/read-slowly", chunked(chunks)).await;
+    }
+    // Handlers that pause after their first read for far longer than the whole body's
+    // allowance (grace period plus 500 bytes at the rate): a sync one while the server has
+    // read ahead all it buffers, an async one while it does not ask. Only the time spent
+    // waiting for the client counts, so neither is cut.
+    for (path, read_all) in [
+        ("/s/read-slowly", "sync read slowly"),
+        ("/a/read-slowly", "async read slowly"),
+    ] {
+        let r = upload_to_a_slow_reader(addr, path, read_all, &mut rx).await;
         assert_eq!(
-            (r.status, r.text()),
-            (StatusCode::OK, "read 2048"),
-            "{proto:?}"
+            (r.status, String::from_utf8_lossy(&r.body).as_ref()),
+            (200, "read 500"),
+            "{path}"
         );
     }
     eventually("nothing in flight", || serving.in_flight() == 0).await;
