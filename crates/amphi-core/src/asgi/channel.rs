@@ -1,7 +1,7 @@
 //! `receive` and `send`: the two ends an async handler talks through.
 
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::task::{Context as TaskContext, Poll};
 
 use crate::{Error, ErrorKind, Event, Message, Scope};
@@ -260,12 +260,12 @@ impl Sender {
     /// # Cancellation
     ///
     /// Dropping the future before it completes drops the message unsent.
-    pub async fn send(&mut self, message: Message) -> Result<(), Error> {
-        let next = self.check(&message)?;
-        poll_fn(|cx| self.sink.poll_ready(cx)).await?;
-        self.sink.start_send(message)?;
-        self.state = next;
-        Ok(())
+    pub fn send(&mut self, message: Message) -> impl Future<Output = Result<(), Error>> + '_ {
+        // A poll function over one slot rather than an `async fn`, which would lay the message
+        // out twice (its argument and the local it moves into): every handler's future holds
+        // one of these while it waits.
+        let mut slot = Some(message);
+        poll_fn(move |cx| self.poll_send(cx, &mut slot))
     }
 
     /// Like [`send`](Sender::send) in poll form: checks and sends `message` once the sink is
