@@ -4,12 +4,13 @@
 //! file, so they test exactly what the example serves.
 
 use std::ffi::OsString;
-use std::io::{BufRead, Read};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use amphi::prelude::*;
+use amphi::BoxFuture;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -104,7 +105,7 @@ pub(crate) struct Counters {
 pub(crate) fn router() -> Router {
     Router::new()
         .mount_sync("/sync", sync_fn(sync_app))
-        .mount_async("/async", async_app())
+        .mount_async("/async", AsyncApp::new())
 }
 
 /// A query parameter parsed as a number, or `default`.
@@ -209,28 +210,28 @@ fn sync_app(req: SyncRequest) -> SyncResponse {
     }
 }
 
-/// Streams the request body back. It reads the first chunk before answering, so a body over
-/// the server's limit from the start is a 413 rather than a response cut short.
+/// Streams the request body back, chunk by chunk as it arrived: the `Bytes` pass through
+/// without a copy. It reads the first chunk before answering, so a body over the server's
+/// limit from the start is a 413 rather than a response cut short.
 fn sync_echo(req: SyncRequest) -> SyncResponse {
     let (_scope, mut body) = req.into_parts();
-    if let Err(e) = body.fill_buf() {
+    let first = match body.chunk() {
+        Ok(first) => first,
         // A body over the limit: SyncToAsync answers 413 for us, whatever we return here.
-        return sync_text(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read the body: {e}\n"),
-        );
-    }
-    let stream = SyncBody::writer(move |w| {
-        let mut buf = vec![0; 64 * 1024];
-        loop {
-            let n = body.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            w.send(Bytes::copy_from_slice(&buf[..n]))?;
+        Err(e) => {
+            return sync_text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}\n"),
+            )
         }
-    });
-    sync_response(StatusCode::OK, HeaderMap::new(), stream)
+    };
+    let rest = std::iter::from_fn(move || body.chunk().transpose());
+    let chunks = first.map(Ok).into_iter().chain(rest);
+    sync_response(
+        StatusCode::OK,
+        HeaderMap::new(),
+        SyncBody::try_chunks(chunks),
+    )
 }
 
 /// `GET /sync/call-async`: blocking code calling an async function.
@@ -268,21 +269,57 @@ thread_local! {
     static CALLS: std::rc::Rc<std::cell::Cell<u64>> = std::rc::Rc::new(std::cell::Cell::new(0));
 }
 
-fn async_app() -> impl AsyncHandler {
-    // One thread-sensitive context for the whole app: every `call-sync` job runs on its one
-    // thread, where the `!Send` counter lives.
-    let app_thread = ThreadSensitive::new();
-    asgi_fn(move |scope, receive, send| {
-        let app_thread = app_thread.clone();
-        async move {
-            match scope {
-                Scope::Http(scope) => async_http(scope, receive, send, app_thread).await,
-                Scope::Lifespan(l) => async_lifespan(l, receive, send).await,
-                // Websockets are not served: returning without accepting denies them.
-                _ => Ok(()),
-            }
+/// The async app, written as a handler type rather than with `asgi_fn`: each scope gets the
+/// future of its own function, boxed once, rather than one future sized for all of them.
+struct AsyncApp {
+    /// One thread-sensitive context for the whole app: every `call-sync` job runs on its one
+    /// thread, where the `!Send` counter lives.
+    app_thread: ThreadSensitive,
+}
+
+impl AsyncApp {
+    fn new() -> AsyncApp {
+        AsyncApp {
+            app_thread: ThreadSensitive::new(),
         }
-    })
+    }
+
+    fn start(
+        &self,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        match scope {
+            Scope::Http(scope) => {
+                Box::pin(async_http(scope, receive, send, self.app_thread.clone()))
+            }
+            Scope::Lifespan(l) => Box::pin(async_lifespan(l, receive, send)),
+            // Websockets are not served: returning without accepting denies them.
+            _ => Box::pin(async { Ok(()) }),
+        }
+    }
+}
+
+impl AsyncHandler for AsyncApp {
+    fn call(
+        &self,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.start(scope, receive, send)
+    }
+
+    // The future borrows nothing from the app: the server need not box it again.
+    fn call_owned(
+        self: Arc<Self>,
+        scope: Scope,
+        receive: Receiver,
+        send: Sender,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        self.start(scope, receive, send)
+    }
 }
 
 async fn async_lifespan(
@@ -302,94 +339,103 @@ async fn async_lifespan(
     }
 }
 
-async fn respond(
+// This and `async_http` return an `async move` block instead of being `async fn`s: an `async
+// fn` lays out its arguments twice in its future (as arguments, and as the locals they move
+// into), and every request allocates and moves that future.
+fn respond(
     send: &mut Sender,
     status: StatusCode,
     headers: HeaderMap,
     body: impl Into<Bytes>,
-) -> Result<(), Error> {
-    send.send(Message::start(status, headers)).await?;
-    send.send(Message::body(body, false)).await
+) -> impl Future<Output = Result<(), Error>> + '_ {
+    let body = body.into();
+    async move {
+        send.send(Message::start(status, headers)).await?;
+        send.send(Message::body(body, false)).await
+    }
 }
 
-async fn async_http(
+#[allow(clippy::manual_async_fn)] // on purpose: see `respond`
+fn async_http(
     scope: HttpScope,
     receive: Receiver,
     mut send: Sender,
     app_thread: ThreadSensitive,
-) -> Result<(), Error> {
-    let get = matches!(*scope.method(), Method::GET | Method::HEAD);
-    let query = scope.query_string();
-    match (get, scope.method(), scope.path()) {
-        (true, _, "/hello") => {
-            respond(
-                &mut send,
-                StatusCode::OK,
-                text_headers(),
-                "hello from async",
-            )
-            .await
-        }
-        (_, &Method::POST, "/echo") => async_echo(receive, send).await,
-        (true, _, "/stream") => {
-            let n = param(query, "chunks", 1);
-            let chunk = Bytes::from(vec![b'x'; param(query, "size", 1) as usize]);
-            send.send(Message::start(StatusCode::OK, text_headers()))
-                .await?;
-            for _ in 0..n {
-                send.send(Message::body(chunk.clone(), true)).await?;
+) -> impl Future<Output = Result<(), Error>> {
+    async move {
+        let get = matches!(*scope.method(), Method::GET | Method::HEAD);
+        let query = scope.query_string();
+        match (get, scope.method(), scope.path()) {
+            (true, _, "/hello") => {
+                respond(
+                    &mut send,
+                    StatusCode::OK,
+                    text_headers(),
+                    "hello from async",
+                )
+                .await
             }
-            send.send(Message::body(Bytes::new(), false)).await
-        }
-        (true, _, "/sleep") => {
-            let ms = param(query, "ms", 0);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            respond(
-                &mut send,
-                StatusCode::OK,
-                text_headers(),
-                format!("slept {ms} ms"),
-            )
-            .await
-        }
-        (true, _, "/panic") => panic!("the async handler panicked on purpose"),
-        (true, _, "/info") => {
-            respond(&mut send, StatusCode::OK, json_headers(), info_json(&scope)).await
-        }
-        (true, _, "/call-sync") => {
-            counters(scope.state())
-                .call_sync
-                .fetch_add(1, Ordering::Relaxed);
-            let (thread, count) = sync_to_async(|| {
-                let count = CALLS.with(|c| {
-                    c.set(c.get() + 1);
-                    c.get()
-                });
-                let thread = std::thread::current();
-                (thread.name().unwrap_or("unnamed").to_owned(), count)
-            })
-            .thread_sensitive(&app_thread)
-            .await?;
-            let body = serde_json::json!({ "thread": thread, "count": count }).to_string();
-            respond(&mut send, StatusCode::OK, json_headers(), body).await
-        }
-        (true, _, "/counters") => {
-            let c = counters(scope.state());
-            let body = serde_json::json!({
-                "cancelled_sync": c.cancelled_sync.load(Ordering::SeqCst),
-                "call_sync": c.call_sync.load(Ordering::Relaxed),
-            })
-            .to_string();
-            respond(&mut send, StatusCode::OK, json_headers(), body).await
-        }
-        _ => {
-            respond(
-                &mut send,
-                StatusCode::NOT_FOUND,
-                text_headers(),
-                "not found\n",
-            )
-            .await
+            (_, &Method::POST, "/echo") => async_echo(receive, send).await,
+            (true, _, "/stream") => {
+                let n = param(query, "chunks", 1);
+                let chunk = Bytes::from(vec![b'x'; param(query, "size", 1) as usize]);
+                send.send(Message::start(StatusCode::OK, text_headers()))
+                    .await?;
+                for _ in 0..n {
+                    send.send(Message::body(chunk.clone(), true)).await?;
+                }
+                send.send(Message::body(Bytes::new(), false)).await
+            }
+            (true, _, "/sleep") => {
+                let ms = param(query, "ms", 0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                respond(
+                    &mut send,
+                    StatusCode::OK,
+                    text_headers(),
+                    format!("slept {ms} ms"),
+                )
+                .await
+            }
+            (true, _, "/panic") => panic!("the async handler panicked on purpose"),
+            (true, _, "/info") => {
+                respond(&mut send, StatusCode::OK, json_headers(), info_json(&scope)).await
+            }
+            (true, _, "/call-sync") => {
+                counters(scope.state())
+                    .call_sync
+                    .fetch_add(1, Ordering::Relaxed);
+                let (thread, count) = sync_to_async(|| {
+                    let count = CALLS.with(|c| {
+                        c.set(c.get() + 1);
+                        c.get()
+                    });
+                    let thread = std::thread::current();
+                    (thread.name().unwrap_or("unnamed").to_owned(), count)
+                })
+                .thread_sensitive(&app_thread)
+                .await?;
+                let body = serde_json::json!({ "thread": thread, "count": count }).to_string();
+                respond(&mut send, StatusCode::OK, json_headers(), body).await
+            }
+            (true, _, "/counters") => {
+                let c = counters(scope.state());
+                let body = serde_json::json!({
+                    "cancelled_sync": c.cancelled_sync.load(Ordering::SeqCst),
+                    "call_sync": c.call_sync.load(Ordering::Relaxed),
+                })
+                .to_string();
+                respond(&mut send, StatusCode::OK, json_headers(), body).await
+            }
+            _ => {
+                respond(
+                    &mut send,
+                    StatusCode::NOT_FOUND,
+                    text_headers(),
+                    "not found\n",
+                )
+                .await
+            }
         }
     }
 }
