@@ -2,9 +2,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{Method, StatusCode, Uri, Version};
+use tokio::time::Instant;
 
 use crate::idle::ConnState;
 use crate::router::HandlerKind;
@@ -74,12 +74,14 @@ impl AccessRecord {
 impl Drop for AccessRecord {
     fn drop(&mut self) {
         self.conn.app.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.conn.request_ended();
+        // One clock read for both the connection's idle time and the log line.
+        let now = Instant::now();
+        self.conn.request_ended(now);
         let Some(started) = self.started else {
             return;
         };
         let status = self.status.map_or(0, |s| s.as_u16());
-        let duration_us = started.elapsed().as_micros() as u64;
+        let duration_us = now.saturating_duration_since(started).as_micros() as u64;
         let method = self.method.as_str();
         let path = self.uri.path();
         let kind = self.kind.as_str();

@@ -60,9 +60,9 @@ impl ConnState {
         self.active.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// A request's response is finished (or abandoned).
-    pub(crate) fn request_ended(&self) {
-        let since = Instant::now().saturating_duration_since(self.base);
+    /// A request's response is finished (or abandoned), at `now`.
+    pub(crate) fn request_ended(&self, now: Instant) {
+        let since = now.saturating_duration_since(self.base);
         self.idle_since.store(
             u64::try_from(since.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Release,

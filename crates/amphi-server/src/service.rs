@@ -117,8 +117,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    values(req.headers(), &CONTENT_LENGTH)
-        .next()?
+    if !has(req.headers(), &CONTENT_LENGTH) {
+        return None;
+    }
+    req.headers()
+        .get(CONTENT_LENGTH)?
         .to_str()
         .ok()?
         .trim()
@@ -333,25 +336,21 @@ fn length_mismatch(status: StatusCode, headers: &http::HeaderMap, len: u64) -> b
     {
         return false;
     }
-    values(headers, &CONTENT_LENGTH)
-        .any(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) != Some(len))
+    has(headers, &CONTENT_LENGTH)
+        && headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) != Some(len))
 }
 
-/// Every value of `name` in `headers`, in order. Requests and responses carry a handful of
-/// headers, and comparing that many names is cheaper than hashing one (`HeaderMap::get_all`);
-/// larger maps are looked up as usual.
-fn values<'a>(
-    headers: &'a http::HeaderMap,
-    name: &'a http::HeaderName,
-) -> impl Iterator<Item = &'a HeaderValue> + 'a {
-    let few = headers.len() <= 8;
-    let scanned = few.then(|| headers.iter().filter(move |(k, _)| *k == name));
-    let looked_up = (!few).then(|| headers.get_all(name).iter());
-    scanned
-        .into_iter()
-        .flatten()
-        .map(|(_, v)| v)
-        .chain(looked_up.into_iter().flatten())
+/// Whether `headers` holds `name`. Requests and responses carry a handful of headers, and
+/// comparing that many names is cheaper than hashing one; larger maps are looked up as usual.
+fn has(headers: &http::HeaderMap, name: &http::HeaderName) -> bool {
+    if headers.len() <= 8 {
+        headers.keys().any(|k| k == name)
+    } else {
+        headers.contains_key(name)
+    }
 }
 
 /// The 500 for a handler whose `Content-Length` disagrees with its body.
