@@ -118,7 +118,14 @@ impl HeadDeadline {
         // The waker the timer holds stays good: this future is its task's, and a task keeps
         // its waker.
         self.armed = true;
-        while timer.as_mut().poll(cx).is_ready() {
+        // Polled outside tokio's cooperative budget: a budget-starved poll returns `Pending`
+        // without putting the timer in the wheel (tokio creates it on the first poll) or giving
+        // it this task's waker, and since an armed timer is not polled again until it fires, an
+        // idle keep-alive connection would then never be closed.
+        while Pin::new(&mut tokio::task::unconstrained(timer.as_mut()))
+            .poll(cx)
+            .is_ready()
+        {
             if self.state.h2.load(Ordering::Relaxed) {
                 // The entry left the timer wheel when it fired; nothing re-arms it.
                 self.off = true;
@@ -135,5 +142,55 @@ impl HeadDeadline {
             timer.as_mut().reset(due);
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::Router;
+    use std::future::poll_fn;
+    use std::sync::atomic::AtomicBool;
+    use std::task::Poll;
+
+    fn conn_state() -> Arc<ConnState> {
+        let routes = Router::new()
+            .compile(&|_h| unreachable!("no sync mounts"))
+            .expect("an empty router compiles");
+        ConnState::new(Arc::new(App {
+            routes,
+            state: amphi_core::State::new(),
+            max_body: 0,
+            body_rate: None,
+            in_flight: AtomicUsize::new(0),
+            cutting: AtomicBool::new(false),
+        }))
+    }
+
+    /// The connection's task may reach the deadline with its cooperative budget spent (hyper
+    /// used it on the connection's I/O): the deadline must still fire for an idle connection.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_deadline_fires_even_when_first_polled_without_budget() {
+        const TIMEOUT: Duration = Duration::from_millis(200);
+        let mut deadline = HeadDeadline::new(conn_state(), TIMEOUT);
+        let mut timer = std::pin::pin!(tokio::time::sleep(TIMEOUT));
+        let mut starved = false;
+        let expired = poll_fn(|cx| {
+            if !starved {
+                // Spend the task's budget, as a busy connection does in one poll.
+                while tokio::task::coop::has_budget_remaining() {
+                    let _ = std::pin::pin!(tokio::task::consume_budget()).poll(cx);
+                }
+                starved = true;
+            }
+            if deadline.poll_expired(timer.as_mut(), cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), expired)
+            .await
+            .expect("the idle connection's deadline fired");
     }
 }
