@@ -11,7 +11,6 @@
 mod support;
 
 use std::io::Read;
-use std::sync::{Arc, Mutex};
 
 use amphi::prelude::*;
 use bytes::Bytes;
@@ -24,53 +23,6 @@ use tokio::sync::mpsc;
 /// cancelled still ends (after the test has failed).
 const MAX_CHUNKS: usize = 20_000;
 const CHUNK: usize = 16 * 1024;
-
-/// What the tests observe from inside the handlers.
-#[derive(Clone)]
-struct Probe {
-    events: mpsc::UnboundedSender<String>,
-    live: Live,
-    /// The cancellation token of every request, by the path it served.
-    tokens: Arc<Mutex<Vec<(String, CancellationToken)>>>,
-}
-
-impl Probe {
-    fn new() -> (Probe, mpsc::UnboundedReceiver<String>) {
-        let (events, rx) = mpsc::unbounded_channel();
-        let probe = Probe {
-            events,
-            live: Live::new(),
-            tokens: Arc::default(),
-        };
-        (probe, rx)
-    }
-
-    fn say(&self, what: impl Into<String>) {
-        let _ = self.events.send(what.into());
-    }
-
-    fn token(&self, path: &str, token: &CancellationToken) {
-        self.tokens
-            .lock()
-            .unwrap()
-            .push((path.to_owned(), token.clone()));
-    }
-
-    fn token_of(&self, path: &str) -> CancellationToken {
-        let tokens = self.tokens.lock().unwrap();
-        let found = tokens.iter().rev().find(|(p, _)| p == path);
-        found.expect("the handler recorded its token").1.clone()
-    }
-}
-
-/// Says `async dropped` when the async handler's future is dropped before it finished.
-struct Dropped(Probe);
-
-impl Drop for Dropped {
-    fn drop(&mut self) {
-        self.0.say("async dropped");
-    }
-}
 
 /// The last path segment names what the handler does; the segments before it make each
 /// test's paths (and so its access log lines) its own.

@@ -9,7 +9,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amphi::prelude::*;
@@ -40,53 +39,6 @@ const STEADY_EVERY: Duration = Duration::from_millis(16);
 /// The steady reader's response: 6 MiB, more than the kernel takes at once (about 4 MiB), so
 /// the last part of it goes out only as fast as the client reads.
 const STEADY_CHUNKS: usize = 96;
-
-/// What the tests observe from inside the handlers.
-#[derive(Clone)]
-struct Probe {
-    events: mpsc::UnboundedSender<String>,
-    live: Live,
-    /// The cancellation token of every request, by the path it served.
-    tokens: Arc<Mutex<Vec<(String, CancellationToken)>>>,
-}
-
-impl Probe {
-    fn new() -> (Probe, mpsc::UnboundedReceiver<String>) {
-        let (events, rx) = mpsc::unbounded_channel();
-        let probe = Probe {
-            events,
-            live: Live::new(),
-            tokens: Arc::default(),
-        };
-        (probe, rx)
-    }
-
-    fn say(&self, what: impl Into<String>) {
-        let _ = self.events.send(what.into());
-    }
-
-    fn token(&self, path: &str, token: &CancellationToken) {
-        self.tokens
-            .lock()
-            .unwrap()
-            .push((path.to_owned(), token.clone()));
-    }
-
-    fn token_of(&self, path: &str) -> CancellationToken {
-        let tokens = self.tokens.lock().unwrap();
-        let found = tokens.iter().rev().find(|(p, _)| p == path);
-        found.expect("the handler recorded its token").1.clone()
-    }
-}
-
-/// Says `async dropped` when the async handler's future is dropped before it finished.
-struct Dropped(Probe);
-
-impl Drop for Dropped {
-    fn drop(&mut self) {
-        self.0.say("async dropped");
-    }
-}
 
 /// A handler that takes longer than the grace period between chunks: its own slowness is not
 /// held against the client.

@@ -611,3 +611,51 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogLayer {
         self.0 .0.lock().unwrap().push(line.0);
     }
 }
+
+/// What the fault tests observe from inside their handlers: events they say, live handlers,
+/// and each request's cancellation token by path.
+#[derive(Clone)]
+pub struct Probe {
+    pub events: mpsc::UnboundedSender<String>,
+    pub live: Live,
+    /// The cancellation token of every request, by the path it served.
+    pub tokens: std::sync::Arc<std::sync::Mutex<Vec<(String, amphi::CancellationToken)>>>,
+}
+
+impl Probe {
+    pub fn new() -> (Probe, mpsc::UnboundedReceiver<String>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let probe = Probe {
+            events,
+            live: Live::new(),
+            tokens: std::sync::Arc::default(),
+        };
+        (probe, rx)
+    }
+
+    pub fn say(&self, what: impl Into<String>) {
+        let _ = self.events.send(what.into());
+    }
+
+    pub fn token(&self, path: &str, token: &amphi::CancellationToken) {
+        self.tokens
+            .lock()
+            .unwrap()
+            .push((path.to_owned(), token.clone()));
+    }
+
+    pub fn token_of(&self, path: &str) -> amphi::CancellationToken {
+        let tokens = self.tokens.lock().unwrap();
+        let found = tokens.iter().rev().find(|(p, _)| p == path);
+        found.expect("the handler recorded its token").1.clone()
+    }
+}
+
+/// Says `async dropped` when the async handler's future is dropped before it finished.
+pub struct Dropped(pub Probe);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.say("async dropped");
+    }
+}
