@@ -155,7 +155,7 @@ mod tests {
 
     fn conn_state() -> Arc<ConnState> {
         let routes = Router::new()
-            .compile(&|_h| unreachable!("no sync mounts"))
+            .compile(&amphi_sync_to_async::BlockingPool::new(1))
             .expect("an empty router compiles");
         ConnState::new(Arc::new(App {
             routes,

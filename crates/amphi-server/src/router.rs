@@ -5,7 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use amphi_core::{AsyncHandler, SyncHandler};
+use amphi_sync_to_async::BlockingPool;
 
+use crate::sync_mount::{self, SyncMount};
 use crate::ServeError;
 
 /// Mounts sync handlers, async handlers and other routers under path prefixes.
@@ -184,11 +186,8 @@ impl Router {
         }
     }
 
-    /// Resolves the router into a lookup table, running sync handlers through `adapt_sync`.
-    pub(crate) fn compile(
-        &self,
-        adapt_sync: &dyn Fn(Arc<dyn SyncHandler>) -> Arc<dyn AsyncHandler>,
-    ) -> Result<RouteTable, ServeError> {
+    /// Resolves the router into a lookup table; sync handlers take their slots from `pool`.
+    pub(crate) fn compile(&self, pool: &BlockingPool) -> Result<RouteTable, ServeError> {
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
         let mut duplicate = None;
@@ -197,14 +196,19 @@ impl Router {
                 duplicate.get_or_insert_with(|| prefix.to_owned());
                 return;
             }
-            let (target, kind) = match flat {
-                Flat::Sync(h) => (Some(adapt_sync(h.clone())), HandlerKind::Sync),
-                Flat::Async(h) => (Some(h.clone()), HandlerKind::Async),
-                Flat::NotFound => (None, HandlerKind::None),
+            let (target, sync, kind) = match flat {
+                Flat::Sync(h) => {
+                    let mount = sync_mount::mount(h.clone(), pool);
+                    let target: Arc<dyn AsyncHandler> = mount.clone();
+                    (Some(target), Some(mount), HandlerKind::Sync)
+                }
+                Flat::Async(h) => (Some(h.clone()), None, HandlerKind::Async),
+                Flat::NotFound => (None, None, HandlerKind::None),
             };
             routes.push(Route {
                 prefix: Arc::from(prefix),
                 target,
+                sync,
                 kind,
                 lifespan: matches!(flat, Flat::Async(_)),
                 order: routes.len(),
@@ -260,6 +264,9 @@ pub(crate) struct Route {
     pub(crate) prefix: Arc<str>,
     /// `None`: answer 404 (a nested router's own prefix).
     pub(crate) target: Option<Arc<dyn AsyncHandler>>,
+    /// The same handler as `target` for a sync mount, for requests served without the event
+    /// protocol.
+    pub(crate) sync: Option<SyncMount>,
     pub(crate) kind: HandlerKind,
     /// Whether the handler gets the lifespan scope (async mounts).
     pub(crate) lifespan: bool,
@@ -302,7 +309,7 @@ mod tests {
     }
 
     fn table(router: &Router) -> RouteTable {
-        router.compile(&|_h| Arc::new(noop_async())).unwrap()
+        router.compile(&BlockingPool::new(1)).unwrap()
     }
 
     fn resolve<'a>(t: &'a RouteTable, path: &str) -> Option<(&'a str, HandlerKind)> {
@@ -372,7 +379,7 @@ mod tests {
         let r = Router::new()
             .mount_async("/a/b", noop_async())
             .nest("/a", inner);
-        let err = r.compile(&|_h| Arc::new(noop_async())).err().unwrap();
+        let err = r.compile(&BlockingPool::new(1)).err().unwrap();
         assert!(err.is_routes());
     }
 

@@ -396,9 +396,7 @@ impl Server {
         let pool = self.pool.clone().unwrap_or_else(|| {
             BlockingPool::new(self.blocking_threads).with_queue_timeout(self.queue_timeout)
         });
-        let routes = self
-            .router
-            .compile(&crate::sync_mount::adapter(pool.clone()))?;
+        let routes = self.router.compile(&pool)?;
         let mut seen = Vec::<*const ()>::new();
         let mut lifespan_handlers: Vec<(String, Arc<dyn AsyncHandler>)> = Vec::new();
         // Lifespan startup runs in mount order, shutdown in reverse.

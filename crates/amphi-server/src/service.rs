@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use amphi_core::{
-    BoxFuture, Context, DropGuard, Error, ErrorKind, HttpScope, Receiver, RequestInfo, Scope,
-    Sender, State,
+    BlockingBody, BoxFuture, Context, DropGuard, Error, ErrorKind, HttpScope, Message, Receiver,
+    RequestInfo, Scope, Sender, State, SyncHandler,
 };
+use amphi_sync_to_async::{HttpBody, HttpCall};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::uri::Scheme;
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::access::{AccessRecord, Outcome};
@@ -70,7 +72,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let Some((route, handler)) = route.and_then(|r| Some((r, r.target.as_ref()?))) else {
             return ResponseFuture::ready(plain(StatusCode::NOT_FOUND, "not found\n"), record);
         };
-        if declared_length(&req).is_some_and(|len| len > app.max_body) {
+        let declared = declared_length(&req);
+        if declared.is_some_and(|len| len > app.max_body) {
             return ResponseFuture::ready(too_large(), record);
         }
         // HTTP/2 streams run on tasks of their own, away from the connection's watchdog.
@@ -83,6 +86,27 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             .with_root_path(route.prefix.clone());
         let context = Context::new();
         let scope = HttpScope::from_parts(parts, info, context.clone(), app.state.clone());
+        let drain = self
+            .watch
+            .as_ref()
+            .map(|w| DrainClock::new(w.clone(), cross_task));
+        record.status = None;
+        if let Some(mount) = route.sync.as_ref().filter(|_| body.is_end_stream()) {
+            // The whole body is here (every GET): the blocking handler gets it in hand and
+            // answers straight back, without the event protocol.
+            let body = match declared {
+                Some(len) => BlockingBody::empty().with_content_length(len),
+                None => BlockingBody::empty(),
+            };
+            return ResponseFuture {
+                state: Stage::Sync(SyncCalling {
+                    call: mount.call_http(scope, body),
+                    context,
+                    record,
+                    drain,
+                }),
+            };
+        }
         let exchange = Arc::new(Exchange::default());
         let receive = Receiver::new(
             IncomingSource::new(
@@ -97,20 +121,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let fut = handler
             .clone()
             .call_owned(Scope::Http(scope), receive, send);
-        record.status = None;
         ResponseFuture {
             state: Stage::Driving(Driving {
-                driver: Driver {
-                    fut: Some(fut),
-                    guard: Some(context.token().clone().drop_guard()),
-                    context,
-                    exchange,
-                },
+                driver: Driver::new(fut, context, exchange),
                 record,
-                drain: self
-                    .watch
-                    .as_ref()
-                    .map(|w| DrainClock::new(w.clone(), cross_task)),
+                drain,
             }),
         }
     }
@@ -140,6 +155,19 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
+    fn new(
+        fut: BoxFuture<'static, Result<(), Error>>,
+        context: Context,
+        exchange: Arc<Exchange>,
+    ) -> Driver {
+        Driver {
+            fut: Some(fut),
+            guard: Some(context.token().clone().drop_guard()),
+            context,
+            exchange,
+        }
+    }
+
     /// Whether the handler is still running.
     pub(crate) fn is_running(&self) -> bool {
         self.fut.is_some()
@@ -180,9 +208,63 @@ struct Driving {
     drain: Option<DrainClock>,
 }
 
+/// A sync handler called directly (its request body complete).
+struct SyncCalling {
+    call: HttpCall<Arc<dyn SyncHandler>>,
+    context: Context,
+    record: AccessRecord,
+    drain: Option<DrainClock>,
+}
+
+impl SyncCalling {
+    /// Polls the call; `Ok` with the response once it is complete, `Err` with the driving
+    /// stage that streams the rest when the handler's body streams.
+    fn poll_call(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<Response<Bytes>, (http::response::Parts, HttpBody)>> {
+        let result = std::task::ready!(Pin::new(&mut self.call).poll(cx));
+        Poll::Ready(match result {
+            Err(e) => Ok(error_response(&e, false, false)),
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                match body.into_full() {
+                    Ok(bytes) => Ok(Response::from_parts(parts, bytes)),
+                    Err(body) => Err((parts, body)),
+                }
+            }
+        })
+    }
+
+    /// The driving stage for a streamed body: it goes out through the same exchange, rate
+    /// clock and access record as an async handler's, pumped by a small future.
+    fn stream(self, parts: http::response::Parts, mut body: HttpBody) -> Driving {
+        let exchange = Arc::new(Exchange::default());
+        let mut send = Sender::http(ExchangeSink(exchange.clone()));
+        let pump = Box::pin(async move {
+            send.send(Message::start(parts.status, parts.headers))
+                .await?;
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                if let Ok(data) = frame?.into_data() {
+                    send.send(Message::body(data, true)).await?;
+                }
+            }
+            send.send(Message::body(Bytes::new(), false)).await
+        });
+        Driving {
+            driver: Driver::new(pump, self.context, exchange),
+            record: self.record,
+            drain: self.drain,
+        }
+    }
+}
+
 #[allow(clippy::large_enum_variant)]
 enum Stage {
     Ready(Option<(Response<Bytes>, AccessRecord)>),
+    Sync(SyncCalling),
     Driving(Driving),
     Done,
 }
@@ -210,6 +292,22 @@ impl Future for ResponseFuture {
                 let (response, record) = r.take().expect("polled after completion");
                 this.state = Stage::Done;
                 return Poll::Ready(Ok(finish_full(response, record)));
+            }
+            Stage::Sync(calling) => {
+                let polled = std::task::ready!(calling.poll_call(cx));
+                let Stage::Sync(calling) = std::mem::replace(&mut this.state, Stage::Done) else {
+                    unreachable!("matched Sync above")
+                };
+                match polled {
+                    Ok(response) => return Poll::Ready(Ok(finish_full(response, calling.record))),
+                    Err((parts, body)) => {
+                        this.state = Stage::Driving(calling.stream(parts, body));
+                        let Stage::Driving(d) = &mut this.state else {
+                            unreachable!("set above")
+                        };
+                        d
+                    }
+                }
             }
             Stage::Driving(d) => d,
             Stage::Done => panic!("ResponseFuture polled after completion"),

@@ -2,12 +2,15 @@
 
 use std::sync::Arc;
 
-use amphi_core::{AsyncHandler, SyncHandler};
+use amphi_core::SyncHandler;
 use amphi_sync_to_async::{BlockingPool, SyncToAsync};
 
-/// Adapts each sync mount to an async handler that takes a slot of `pool` per request.
-pub(crate) fn adapter(
-    pool: BlockingPool,
-) -> impl Fn(Arc<dyn SyncHandler>) -> Arc<dyn AsyncHandler> {
-    move |handler| Arc::new(SyncToAsync::new(handler).with_pool(pool.clone()))
+/// A mounted sync handler. Requests whose body the server holds already (every GET) go
+/// through [`SyncToAsync::call_http`], the rest through its `AsyncHandler` side, which
+/// streams the body in.
+pub(crate) type SyncMount = Arc<SyncToAsync<Arc<dyn SyncHandler>>>;
+
+/// Mounts `handler`, taking one slot of `pool` per request.
+pub(crate) fn mount(handler: Arc<dyn SyncHandler>, pool: &BlockingPool) -> SyncMount {
+    Arc::new(SyncToAsync::new(handler).with_pool(pool.clone()))
 }

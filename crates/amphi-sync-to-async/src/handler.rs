@@ -93,13 +93,13 @@ use crate::pool::{BlockingPool, Slot};
 /// # }
 /// ```
 pub struct SyncToAsync<H> {
-    handler: Arc<H>,
-    pool: Option<BlockingPool>,
-    place: Place,
+    pub(crate) handler: Arc<H>,
+    pub(crate) pool: Option<BlockingPool>,
+    pub(crate) place: Place,
 }
 
 #[derive(Debug, Clone)]
-enum Place {
+pub(crate) enum Place {
     BlockingPool,
     PerRequest,
     Shared(ThreadSensitive),
@@ -199,11 +199,7 @@ impl<H: SyncHandler> SyncToAsync<H> {
     ) -> BoxFuture<'static, Result<(), Error>> {
         match scope {
             Scope::Http(scope) => {
-                let place = match &self.place {
-                    Place::BlockingPool => None,
-                    Place::PerRequest => Some(per_request(&scope)),
-                    Place::Shared(ts) => Some(ts.clone()),
-                };
+                let place = self.place.thread_for(&scope);
                 let launch = Launch {
                     handler: self.handler.clone(),
                     slot: None,
@@ -244,6 +240,17 @@ impl<H: SyncHandler> SyncToAsync<H> {
             }),
             // Returning without a message: this app takes no lifespan events (ASGI's rule).
             _ => Box::pin(async { Ok(()) }),
+        }
+    }
+}
+
+impl Place {
+    /// The thread-sensitive context a request of `scope` runs on; `None`: the blocking pool.
+    pub(crate) fn thread_for(&self, scope: &HttpScope) -> Option<ThreadSensitive> {
+        match self {
+            Place::BlockingPool => None,
+            Place::PerRequest => Some(per_request(scope)),
+            Place::Shared(ts) => Some(ts.clone()),
         }
     }
 }
@@ -306,32 +313,8 @@ impl<H: SyncHandler> Launch<H> {
             Some(len) => body.with_content_length(len),
             None => body,
         };
-        let scope = scope.with_context(context.clone());
-        let span = tracing::Span::current();
-        let blocking = {
-            let exchange = exchange.clone();
-            // Made out here and moved in: if the closure is dropped unrun (runtime shutdown,
-            // or a lent thread-sensitive context that ended), its drop still tells the async
-            // side.
-            let done = Abandon(Some(exchange.clone()));
-            move || {
-                let outcome = {
-                    let _slot = slot;
-                    let _context = context.enter();
-                    let _span = span.enter();
-                    run_handler(&*handler, scope, body, &exchange)
-                };
-                // The slot is back before the caller hears the outcome: a caller that saw its
-                // response complete never counts the call as still in flight.
-                done.finish(outcome);
-            }
-        };
-        match place {
-            // The join handle is not needed: the outcome comes back through the exchange,
-            // and the closure reports even a drop-before-run there.
-            None => drop(tokio::task::spawn_blocking(blocking)),
-            Some(ts) => ts.submit(blocking)?,
-        }
+        let scope = scope.with_context(context);
+        spawn_blocking_side(handler, slot, place, scope, body, exchange.clone())?;
         Ok(Drive {
             exchange,
             receive,
@@ -343,6 +326,42 @@ impl<H: SyncHandler> Launch<H> {
             cancel: Some(cancel),
         })
     }
+}
+
+/// Starts the blocking side of one request: the handler runs with `scope` and `body` on
+/// tokio's blocking pool (or on `place`'s thread), holding `slot` until its response is fully
+/// produced, and reports through `exchange`.
+pub(crate) fn spawn_blocking_side<H: SyncHandler>(
+    handler: Arc<H>,
+    slot: Option<Slot>,
+    place: Option<ThreadSensitive>,
+    scope: HttpScope,
+    body: BlockingBody,
+    exchange: Arc<Exchange>,
+) -> Result<(), Error> {
+    let context = scope.context().clone();
+    let span = tracing::Span::current();
+    // Made out here and moved in: if the closure is dropped unrun (runtime shutdown, or a
+    // lent thread-sensitive context that ended), its drop still tells the async side.
+    let done = Abandon(Some(exchange.clone()));
+    let blocking = move || {
+        let outcome = {
+            let _slot = slot;
+            let _context = context.enter();
+            let _span = span.enter();
+            run_handler(&*handler, scope, body, &exchange)
+        };
+        // The slot is back before the caller hears the outcome: a caller that saw its
+        // response complete never counts the call as still in flight.
+        done.finish(outcome);
+    };
+    match place {
+        // The join handle is not needed: the outcome comes back through the exchange, and
+        // the closure reports even a drop-before-run there.
+        None => drop(tokio::task::spawn_blocking(blocking)),
+        Some(ts) => ts.submit(blocking)?,
+    }
+    Ok(())
 }
 
 /// The future of one request: starts the blocking side on its first poll, then drives it.

@@ -46,11 +46,13 @@
 #![forbid(unsafe_code)]
 
 mod call;
+mod direct;
 mod exchange;
 mod handler;
 mod pool;
 
 pub use call::{sync_to_async, SyncCall, SyncCallFuture};
+pub use direct::{HttpBody, HttpCall};
 pub use handler::SyncToAsync;
 pub use pool::{BlockingPool, DEFAULT_QUEUE_TIMEOUT};
 

@@ -1,0 +1,311 @@
+//! [`SyncToAsync::call_http`]: one request served without the event protocol, for servers
+//! that hold the request body already and want an `http::Response` back.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use amphi_core::{BlockingBody, DropGuard, Error, HttpScope, SyncHandler};
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+use crate::exchange::{Exchange, Out, Outcome};
+use crate::handler::{spawn_blocking_side, SyncToAsync};
+use crate::pool::{BlockingPool, Slot};
+
+impl<H: SyncHandler> SyncToAsync<H> {
+    /// Serves one HTTP request directly: the handler gets `scope` and `body` as its
+    /// [`SyncRequest`](amphi_core::SyncRequest), and the future resolves to its response once
+    /// the handler has returned (a body complete in hand) or started streaming (a body that
+    /// keeps pulling from the blocking side, with backpressure).
+    ///
+    /// This is the path a server takes for a request whose body it already holds (every GET):
+    /// no `receive`/`send` events, no messages, one shared allocation between the two sides.
+    /// The pool, thread-sensitive mode and cleanup are the same as for
+    /// [`AsyncHandler::call`](amphi_core::AsyncHandler::call).
+    ///
+    /// # Errors
+    ///
+    /// Resolves to `Err` without a response when the pool had no free slot within its queue
+    /// timeout ([`ErrorKind::Saturated`](amphi_core::ErrorKind::Saturated); the handler did not
+    /// run) or the handler panicked ([`ErrorKind::Panicked`](amphi_core::ErrorKind::Panicked),
+    /// with the panic's message). A failure while a streamed body is produced comes out of
+    /// the body as its error.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future, or the streamed body before its end, flips the scope context's
+    /// cancellation token and fails the producer's body writes, so its cleanup runs. A call
+    /// dropped while it waits for a slot takes none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use amphi_core::{sync_fn, BlockingBody, HttpScope, RequestInfo, SyncBody, SyncRequest};
+    /// use amphi_sync_to_async::{BlockingPool, SyncToAsync};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let hello = SyncToAsync::new(sync_fn(|req: SyncRequest| {
+    ///     http::Response::new(SyncBody::from(format!("hello {}", req.uri().path())))
+    /// }))
+    /// .with_pool(BlockingPool::new(4));
+    ///
+    /// let (parts, ()) = http::Request::get("/you").body(()).unwrap().into_parts();
+    /// let scope = HttpScope::new(parts, RequestInfo::new());
+    /// let response = hello.call_http(scope, BlockingBody::empty()).await.unwrap();
+    /// assert_eq!(response.into_body().into_full().unwrap(), "hello /you");
+    /// # }
+    /// ```
+    pub fn call_http(&self, scope: HttpScope, body: BlockingBody) -> HttpCall<H> {
+        HttpCall {
+            stage: Stage::Start(Start {
+                handler: self.handler.clone(),
+                place: self.place.thread_for(&scope),
+                pool: self.pool.clone(),
+                scope,
+                body,
+            }),
+        }
+    }
+}
+
+/// The future of [`SyncToAsync::call_http`].
+#[must_use = "futures do nothing unless polled"]
+pub struct HttpCall<H> {
+    stage: Stage<H>,
+}
+
+enum Stage<H> {
+    Start(Start<H>),
+    /// Every slot was taken: waiting for one, with a timer.
+    Queued(QueueWait, Start<H>),
+    Running(Running),
+    Done,
+}
+
+type QueueWait = Pin<Box<dyn Future<Output = Result<Slot, Error>> + Send>>;
+
+struct Start<H> {
+    handler: Arc<H>,
+    place: Option<amphi_core::ThreadSensitive>,
+    pool: Option<BlockingPool>,
+    scope: HttpScope,
+    body: BlockingBody,
+}
+
+impl<H: SyncHandler> Start<H> {
+    fn launch(self, slot: Option<Slot>) -> Result<Running, Error> {
+        let guard = self.scope.context().token().clone().drop_guard();
+        let exchange = Exchange::new();
+        spawn_blocking_side(
+            self.handler,
+            slot,
+            self.place,
+            self.scope,
+            self.body,
+            exchange.clone(),
+        )?;
+        Ok(Running {
+            exchange,
+            guard: Some(guard),
+        })
+    }
+}
+
+/// The async side of a running call: the exchange the blocking side reports through, and the
+/// guard that flips the request's token if this side goes away first.
+struct Running {
+    exchange: Arc<Exchange>,
+    guard: Option<DropGuard>,
+}
+
+impl Running {
+    /// The blocking side is done with the token: it must not flip when this side is dropped.
+    fn finished(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.disarm();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.exchange.close_async();
+    }
+}
+
+impl<H: SyncHandler> Future for HttpCall<H> {
+    type Output = Result<http::Response<HttpBody>, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match std::mem::replace(&mut this.stage, Stage::Done) {
+                Stage::Start(start) => {
+                    let slot = match &start.pool {
+                        None => None,
+                        Some(pool) => match pool.try_acquire() {
+                            Some(slot) => Some(slot),
+                            None => {
+                                let pool = pool.clone();
+                                let wait = Box::pin(async move { pool.acquire().await });
+                                this.stage = Stage::Queued(wait, start);
+                                continue;
+                            }
+                        },
+                    };
+                    this.stage = Stage::Running(start.launch(slot)?);
+                }
+                Stage::Queued(mut wait, start) => match wait.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        this.stage = Stage::Queued(wait, start);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(slot) => this.stage = Stage::Running(start.launch(Some(slot?))?),
+                },
+                Stage::Running(mut running) => {
+                    let Some(out) = running.exchange.take_out(cx.waker()) else {
+                        this.stage = Stage::Running(running);
+                        return Poll::Pending;
+                    };
+                    return Poll::Ready(match out {
+                        Ok(Out::Head(parts)) => Ok(http::Response::from_parts(
+                            parts,
+                            HttpBody {
+                                kind: Kind::Stream(running),
+                            },
+                        )),
+                        Ok(Out::Chunk(_)) => {
+                            unreachable!("the blocking side sends a streamed body's head first")
+                        }
+                        Err(outcome) => {
+                            running.finished();
+                            match outcome? {
+                                Outcome::Full(parts, bytes) => Ok(http::Response::from_parts(
+                                    parts,
+                                    HttpBody {
+                                        kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+                                    },
+                                )),
+                                Outcome::Streamed => unreachable!(
+                                    "a streamed outcome comes after the head, which returns"
+                                ),
+                            }
+                        }
+                    });
+                }
+                Stage::Done => panic!("HttpCall polled after it completed"),
+            }
+        }
+    }
+}
+
+impl<H> fmt::Debug for HttpCall<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stage = match self.stage {
+            Stage::Start(_) => "start",
+            Stage::Queued(..) => "queued",
+            Stage::Running(_) => "running",
+            Stage::Done => "done",
+        };
+        f.debug_struct("HttpCall").field("stage", &stage).finish()
+    }
+}
+
+/// The body of a response from [`SyncToAsync::call_http`]: complete bytes, or the chunks a
+/// blocking producer is still writing.
+///
+/// A streamed body pulls one chunk at a time; the producer blocks while a few chunks wait
+/// unread (backpressure). Dropping the body before its end flips the request's cancellation
+/// token and fails the producer's next write, so its cleanup runs.
+pub struct HttpBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Stream(Running),
+    Ended,
+}
+
+impl HttpBody {
+    /// The whole body, when the handler answered in one piece; the body itself when it
+    /// streams.
+    ///
+    /// # Errors
+    ///
+    /// Returns the body unchanged when it is streamed (or partly read).
+    pub fn into_full(self) -> Result<Bytes, HttpBody> {
+        match self.kind {
+            Kind::Full(bytes) => Ok(bytes.unwrap_or_default()),
+            kind => Err(HttpBody { kind }),
+        }
+    }
+
+    /// Whether the body is still being produced by the blocking side.
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.kind, Kind::Stream(_))
+    }
+}
+
+impl http_body::Body for HttpBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        let running = match &mut this.kind {
+            Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(running) => running,
+            Kind::Ended => return Poll::Ready(None),
+        };
+        loop {
+            let Some(out) = running.exchange.take_out(cx.waker()) else {
+                return Poll::Pending;
+            };
+            match out {
+                Ok(Out::Chunk(chunk)) if chunk.is_empty() => continue,
+                Ok(Out::Chunk(chunk)) => return Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                Ok(Out::Head(_)) => unreachable!("the blocking side sends one head"),
+                Err(outcome) => {
+                    running.finished();
+                    this.kind = Kind::Ended;
+                    return Poll::Ready(match outcome {
+                        Ok(_) => None,
+                        Err(e) => Some(Err(e)),
+                    });
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.kind, Kind::Full(None) | Kind::Ended)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Stream(_) => SizeHint::default(),
+            Kind::Ended => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl fmt::Debug for HttpBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("HttpBody");
+        match &self.kind {
+            Kind::Full(bytes) => d.field("full", &bytes.as_ref().map_or(0, Bytes::len)),
+            Kind::Stream(_) => d.field("streamed", &true),
+            Kind::Ended => d.field("ended", &true),
+        };
+        d.finish()
+    }
+}
