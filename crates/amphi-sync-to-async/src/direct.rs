@@ -102,6 +102,7 @@ impl<H: SyncHandler> Start<H> {
         let exchange = Exchange::new();
         spawn_blocking_side(
             self.handler,
+            self.pool.as_ref(),
             slot,
             self.place,
             self.scope,

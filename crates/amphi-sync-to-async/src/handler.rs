@@ -202,6 +202,7 @@ impl<H: SyncHandler> SyncToAsync<H> {
                 let place = self.place.thread_for(&scope);
                 let launch = Launch {
                     handler: self.handler.clone(),
+                    pool: self.pool.clone(),
                     slot: None,
                     place,
                     scope,
@@ -266,6 +267,7 @@ fn per_request(scope: &HttpScope) -> ThreadSensitive {
 /// which has a waker to look at `receive` with.
 struct Launch<H> {
     handler: Arc<H>,
+    pool: Option<BlockingPool>,
     slot: Option<Slot>,
     place: Option<ThreadSensitive>,
     scope: HttpScope,
@@ -278,6 +280,7 @@ impl<H: SyncHandler> Launch<H> {
     fn start(self, cx: &mut TaskContext<'_>) -> Result<Drive, Error> {
         let Launch {
             handler,
+            pool,
             slot,
             place,
             scope,
@@ -314,7 +317,15 @@ impl<H: SyncHandler> Launch<H> {
             None => body,
         };
         let scope = scope.with_context(context);
-        spawn_blocking_side(handler, slot, place, scope, body, exchange.clone())?;
+        spawn_blocking_side(
+            handler,
+            pool.as_ref(),
+            slot,
+            place,
+            scope,
+            body,
+            exchange.clone(),
+        )?;
         Ok(Drive {
             exchange,
             receive,
@@ -333,6 +344,7 @@ impl<H: SyncHandler> Launch<H> {
 /// produced, and reports through `exchange`.
 pub(crate) fn spawn_blocking_side<H: SyncHandler>(
     handler: Arc<H>,
+    pool: Option<&BlockingPool>,
     slot: Option<Slot>,
     place: Option<ThreadSensitive>,
     scope: HttpScope,
@@ -355,11 +367,12 @@ pub(crate) fn spawn_blocking_side<H: SyncHandler>(
         // response complete never counts the call as still in flight.
         done.finish(outcome);
     };
-    match place {
+    match (place, pool) {
+        (Some(ts), _) => ts.submit(blocking)?,
+        (None, Some(pool)) => pool.spawn(Box::new(blocking)),
         // The join handle is not needed: the outcome comes back through the exchange, and
         // the closure reports even a drop-before-run there.
-        None => drop(tokio::task::spawn_blocking(blocking)),
-        Some(ts) => ts.submit(blocking)?,
+        (None, None) => drop(tokio::task::spawn_blocking(blocking)),
     }
     Ok(())
 }

@@ -49,6 +49,7 @@ mod call;
 mod direct;
 mod exchange;
 mod handler;
+mod lane;
 mod pool;
 
 pub use call::{sync_to_async, SyncCall, SyncCallFuture};

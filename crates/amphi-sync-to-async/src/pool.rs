@@ -7,6 +7,8 @@ use std::time::Duration;
 use amphi_core::{Error, ErrorKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::lane::{Job, Lane};
+
 /// How long a call waits for a free slot when none is given with
 /// [`BlockingPool::with_queue_timeout`]: 5 seconds.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,6 +62,7 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct BlockingPool {
     semaphore: Arc<Semaphore>,
+    lane: Arc<Lane>,
     limit: usize,
     queue_timeout: Duration,
 }
@@ -67,6 +70,15 @@ pub struct BlockingPool {
 /// One taken slot of a [`BlockingPool`]; released when dropped.
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
+}
+
+impl BlockingPool {
+    /// Runs `job` on a thread of the current runtime's blocking pool, through this pool's
+    /// lane (see `lane.rs`): a thread that just finished a piece of this pool's work takes it
+    /// if one is looking, else a new drainer starts.
+    pub(crate) fn spawn(&self, job: Job) {
+        self.lane.submit(job);
+    }
 }
 
 impl BlockingPool {
@@ -88,6 +100,7 @@ impl BlockingPool {
         );
         BlockingPool {
             semaphore: Arc::new(Semaphore::new(max_in_flight)),
+            lane: Arc::default(),
             limit: max_in_flight,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
         }
