@@ -26,6 +26,14 @@ impl<H: SyncHandler> SyncToAsync<H> {
     /// The pool, thread-sensitive mode and cleanup are the same as for
     /// [`AsyncHandler::call`](amphi_core::AsyncHandler::call).
     ///
+    /// Like `tokio::task::spawn_blocking`, the call starts the handler at once when a slot is
+    /// free (the future need not be polled for it to run); a call that has to wait for a slot
+    /// waits when polled.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, when the handler is to start at once (like `spawn_blocking`).
+    ///
     /// # Errors
     ///
     /// Resolves to `Err` without a response when the pool had no free slot within its queue
@@ -60,14 +68,32 @@ impl<H: SyncHandler> SyncToAsync<H> {
     /// # }
     /// ```
     pub fn call_http(&self, scope: HttpScope, body: BlockingBody) -> HttpCall<H> {
+        let start = Start {
+            handler: self.handler.clone(),
+            place: self.place.thread_for(&scope),
+            pool: self.pool.clone(),
+            scope,
+            body,
+        };
+        let slot = match &self.pool {
+            None => None,
+            Some(pool) => match pool.try_acquire() {
+                Some(slot) => Some(slot),
+                // The wait for a slot holds a timer: only the calls that wait carry it.
+                None => {
+                    let pool = pool.clone();
+                    let wait: QueueWait = Box::pin(async move { pool.acquire().await });
+                    return HttpCall {
+                        stage: Stage::Queued(Box::new((wait, start))),
+                    };
+                }
+            },
+        };
         HttpCall {
-            stage: Stage::Start(Start {
-                handler: self.handler.clone(),
-                place: self.place.thread_for(&scope),
-                pool: self.pool.clone(),
-                scope,
-                body,
-            }),
+            stage: match start.launch(slot) {
+                Ok(running) => Stage::Running(running),
+                Err(e) => Stage::Failed(e),
+            },
         }
     }
 }
@@ -78,11 +104,14 @@ pub struct HttpCall<H> {
     stage: Stage<H>,
 }
 
+// The future stays small (a server keeps it inline in its own request future): what a call
+// that has to wait for a slot keeps meanwhile is boxed.
 enum Stage<H> {
-    Start(Start<H>),
     /// Every slot was taken: waiting for one, with a timer.
-    Queued(QueueWait, Start<H>),
+    Queued(Box<(QueueWait, Start<H>)>),
     Running(Running),
+    /// The handler could not be started.
+    Failed(Error),
     Done,
 }
 
@@ -145,28 +174,17 @@ impl<H: SyncHandler> Future for HttpCall<H> {
         let this = &mut *self;
         loop {
             match std::mem::replace(&mut this.stage, Stage::Done) {
-                Stage::Start(start) => {
-                    let slot = match &start.pool {
-                        None => None,
-                        Some(pool) => match pool.try_acquire() {
-                            Some(slot) => Some(slot),
-                            None => {
-                                let pool = pool.clone();
-                                let wait = Box::pin(async move { pool.acquire().await });
-                                this.stage = Stage::Queued(wait, start);
-                                continue;
-                            }
-                        },
-                    };
-                    this.stage = Stage::Running(start.launch(slot)?);
-                }
-                Stage::Queued(mut wait, start) => match wait.as_mut().poll(cx) {
+                Stage::Queued(mut queued) => match queued.0.as_mut().poll(cx) {
                     Poll::Pending => {
-                        this.stage = Stage::Queued(wait, start);
+                        this.stage = Stage::Queued(queued);
                         return Poll::Pending;
                     }
-                    Poll::Ready(slot) => this.stage = Stage::Running(start.launch(Some(slot?))?),
+                    Poll::Ready(slot) => {
+                        let (_, start) = *queued;
+                        this.stage = Stage::Running(start.launch(Some(slot?))?);
+                    }
                 },
+                Stage::Failed(e) => return Poll::Ready(Err(e)),
                 Stage::Running(mut running) => {
                     let Some(out) = running.exchange.take_out(cx.waker()) else {
                         this.stage = Stage::Running(running);
@@ -207,8 +225,8 @@ impl<H: SyncHandler> Future for HttpCall<H> {
 impl<H> fmt::Debug for HttpCall<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let stage = match self.stage {
-            Stage::Start(_) => "start",
-            Stage::Queued(..) => "queued",
+            Stage::Queued(_) => "queued",
+            Stage::Failed(_) => "failed",
             Stage::Running(_) => "running",
             Stage::Done => "done",
         };
