@@ -181,7 +181,7 @@ where
                     run()
                 };
                 Ok(match place {
-                    None => State::Running(tokio::task::spawn_blocking(run)),
+                    None => pooled(&pool, run),
                     Some(ts) => submit(&ts, run),
                 })
             })),
@@ -211,8 +211,8 @@ fn no_context() -> Error {
     )
 }
 
-/// Queues `run` on `ts`'s thread; its result comes back through a oneshot channel.
-fn submit<R, F>(ts: &ThreadSensitive, run: F) -> State<R>
+/// `run` as a job that sends its result (or panic) through a oneshot channel.
+fn reporting<R, F>(run: F) -> (impl FnOnce() + Send + 'static, Outcome<R>)
 where
     F: FnOnce() -> Option<R> + Send + 'static,
     R: Send + 'static,
@@ -221,19 +221,47 @@ where
     let job = move || {
         let _ = tx.send(catch_unwind(AssertUnwindSafe(run)));
     };
+    (job, rx)
+}
+
+/// Queues `run` on `ts`'s thread.
+fn submit<R, F>(ts: &ThreadSensitive, run: F) -> State<R>
+where
+    F: FnOnce() -> Option<R> + Send + 'static,
+    R: Send + 'static,
+{
+    let (job, rx) = reporting(run);
     match ts.submit(job) {
-        Ok(()) => State::Queued(rx),
+        Ok(()) => State::Queued(rx, STOPPED_THREAD),
         Err(e) => State::Failed(Some(e)),
     }
 }
 
+/// Queues `run` on `pool`'s lane onto tokio's blocking pool.
+fn pooled<R, F>(pool: &BlockingPool, run: F) -> State<R>
+where
+    F: FnOnce() -> Option<R> + Send + 'static,
+    R: Send + 'static,
+{
+    let (job, rx) = reporting(run);
+    pool.spawn(Box::new(job));
+    State::Queued(rx, RUNTIME_GONE)
+}
+
+const STOPPED_THREAD: &str = "the thread-sensitive context's thread stopped before running \
+                              this call: it was lent by an async_to_sync call that returned first";
+const RUNTIME_GONE: &str = "the runtime shut down before the blocking call could run";
+
 type Panic = Box<dyn std::any::Any + Send>;
+type Outcome<R> = oneshot::Receiver<Result<Option<R>, Panic>>;
 type Acquire<R> = Pin<Box<dyn Future<Output = Result<State<R>, Error>> + Send>>;
 
 enum State<R> {
     Waiting(Acquire<R>),
     Running(JoinHandle<Option<R>>),
-    Queued(oneshot::Receiver<Result<Option<R>, Panic>>),
+    /// Queued on a thread-sensitive context or a pool's lane; the message says why the
+    /// result can fail to come back.
+    Queued(Outcome<R>, &'static str),
     Failed(Option<Error>),
     Done,
 }
@@ -267,16 +295,14 @@ impl<R> Future for SyncCallFuture<R> {
                     this.finish();
                     return Poll::Ready(result.map_err(join_error).and_then(not_started));
                 }
-                State::Queued(rx) => {
+                State::Queued(rx, lost) => {
+                    let lost = *lost;
                     let result = std::task::ready!(Pin::new(rx).poll(cx));
                     this.finish();
                     return Poll::Ready(match result {
                         Ok(Ok(value)) => not_started(value),
                         Ok(Err(panic)) => Err(Error::from_panic(&*panic)),
-                        Err(_) => Err(Error::new(ErrorKind::Cancelled).with_message(
-                            "the thread-sensitive context's thread stopped before running this \
-                             call: it was lent by an async_to_sync call that returned first",
-                        )),
+                        Err(_) => Err(Error::new(ErrorKind::Cancelled).with_message(lost)),
                     });
                 }
                 State::Failed(e) => {
@@ -315,7 +341,7 @@ impl<R> fmt::Debug for SyncCallFuture<R> {
         let state = match self.state {
             State::Waiting(_) => "waiting for a slot",
             State::Running(_) => "running",
-            State::Queued(_) => "queued on a thread-sensitive context",
+            State::Queued(..) => "queued",
             State::Failed(_) | State::Done => "done",
         };
         f.debug_struct("SyncCallFuture")

@@ -40,6 +40,18 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// pool (or a thread-sensitive context's thread), whose own thread cap (`max_blocking_threads`,
 /// 512 by default) should be at least the pool's limit.
 ///
+/// # Handing work to threads
+///
+/// The pool's calls are queued once and taken by blocking-pool threads that run them one
+/// after another: a thread that finished one of the pool's calls looks for the next for up to
+/// 50 µs (spinning, yielding its core to any runnable thread) before it returns to tokio.
+/// Under load a call is then taken by a thread already running instead of waking a parked
+/// one (a `futex` call and two context switches with plain `spawn_blocking`): on a 2-core
+/// machine that made a blocking `GET /hello` 1.3-1.7 × as fast as a hand-written
+/// `spawn_blocking` per request. A call never waits behind another call's long work: when more
+/// calls are queued than threads are looking, another thread starts. The cost is up to 50 µs
+/// of looking after the last call of a burst.
+///
 /// # Runtime
 ///
 /// Waiting for a slot uses `tokio::time`, so the runtime needs its timer enabled
