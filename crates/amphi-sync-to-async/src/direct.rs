@@ -163,6 +163,9 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        // The token flips first, so a producer whose write failed finds it flipped and can
+        // tell a client that left from another failure.
+        drop(self.guard.take());
         self.exchange.close_async();
     }
 }
@@ -256,7 +259,7 @@ impl HttpBody {
     ///
     /// # Errors
     ///
-    /// Returns the body unchanged when it is streamed (or partly read).
+    /// Returns the body unchanged when it is streamed.
     pub fn into_full(self) -> Result<Bytes, HttpBody> {
         match self.kind {
             Kind::Full(bytes) => Ok(bytes.unwrap_or_default()),

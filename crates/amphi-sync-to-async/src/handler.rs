@@ -572,6 +572,9 @@ impl Future for Drive {
 
 impl Drop for Drive {
     fn drop(&mut self) {
+        // The token flips first (unless disarmed), so a producer whose write failed finds it
+        // flipped.
+        drop(self.cancel.take());
         self.exchange.close_async();
     }
 }
