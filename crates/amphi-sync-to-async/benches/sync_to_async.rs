@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amphi_core::{
-    asgi_fn, sync_fn, testing, BlockingBody, Message, Scope, SyncBody, SyncHandler, SyncRequest,
-    ThreadSensitive,
+    asgi_fn, sync_fn, testing, BlockingBody, HttpScope, Message, RequestInfo, Scope, SyncBody,
+    SyncHandler, SyncRequest, ThreadSensitive,
 };
 use amphi_sync_to_async::{sync_to_async, BlockingPool, SyncToAsync};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -217,6 +217,52 @@ fn handler(c: &mut Criterion) {
         })
     });
     report_ratio("SyncToAsync(handler) with a pool");
+    g.finish();
+
+    // What a server does with a request whose body it holds: the handler's response back,
+    // with no event protocol on either side.
+    let scope = || {
+        let (parts, ()) = http::Request::get("/hello").body(()).unwrap().into_parts();
+        HttpScope::new(parts, RequestInfo::new())
+    };
+    let direct_baseline = || {
+        let hello = hello.clone();
+        async move {
+            let scope = scope();
+            let resp = tokio::task::spawn_blocking(move || {
+                hello.call(SyncRequest::from_scope(scope, BlockingBody::empty()))
+            })
+            .await
+            .unwrap();
+            let (parts, body) = resp.into_parts();
+            black_box((parts, body.try_into_bytes().ok()));
+        }
+    };
+    let mut g = c.benchmark_group("sync handler, one request with its body in hand");
+    g.bench_function("baseline: spawn_blocking(handler.call(req))", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, direct_baseline, direct_baseline))
+    });
+    report_ratio("baseline: spawn_blocking(handler.call(req))");
+    g.bench_function("SyncToAsync(handler).call_http with a pool", |b| {
+        b.iter_custom(|iters| {
+            timed(
+                &rt,
+                iters,
+                || {
+                    let adapted = adapted.clone();
+                    async move {
+                        let resp = adapted
+                            .call_http(scope(), BlockingBody::empty())
+                            .await
+                            .unwrap();
+                        black_box(resp.into_body().into_full().ok());
+                    }
+                },
+                direct_baseline,
+            )
+        })
+    });
+    report_ratio("SyncToAsync(handler).call_http with a pool");
     g.finish();
 }
 
