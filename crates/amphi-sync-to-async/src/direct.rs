@@ -32,7 +32,8 @@ impl<H: SyncHandler> SyncToAsync<H> {
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, when the handler is to start at once (like `spawn_blocking`).
+    /// Call it within a tokio runtime: starting the handler may call `spawn_blocking`, which
+    /// panics outside one.
     ///
     /// # Errors
     ///
@@ -42,11 +43,17 @@ impl<H: SyncHandler> SyncToAsync<H> {
     /// with the panic's message). A failure while a streamed body is produced comes out of
     /// the body as its error.
     ///
+    /// The handler's context is a child of the scope's (it shares its values; its token is
+    /// the call's own), as on the `AsyncHandler` path. `body` is handed over as it is: its
+    /// declared length (`BlockingBody::with_content_length`) is the caller's to set, and a
+    /// `BodyTooLarge` its reads return is the handler's to answer.
+    ///
     /// # Cancellation
     ///
-    /// Dropping the future, or the streamed body before its end, flips the scope context's
-    /// cancellation token and fails the producer's body writes, so its cleanup runs. A call
-    /// dropped while it waits for a slot takes none.
+    /// Dropping the future, or the streamed body before its end, flips the call's token (the
+    /// handler's [`SyncRequest::cancellation`](amphi_core::SyncRequest::cancellation)) and
+    /// fails the producer's body writes, so its cleanup runs; the caller's own token does not
+    /// flip. A call dropped while it waits for a slot takes none.
     ///
     /// # Examples
     ///
@@ -127,14 +134,17 @@ struct Start<H> {
 
 impl<H: SyncHandler> Start<H> {
     fn launch(self, slot: Option<Slot>) -> Result<Running, Error> {
-        let guard = self.scope.context().token().clone().drop_guard();
+        // The call's own token, a child of the caller's: dropping the call cancels the call,
+        // not the caller's request.
+        let context = self.scope.context().child();
+        let guard = context.token().clone().drop_guard();
         let exchange = Exchange::new();
         spawn_blocking_side(
             self.handler,
             self.pool.as_ref(),
             slot,
             self.place,
-            self.scope,
+            self.scope.with_context(context),
             self.body,
             exchange.clone(),
         )?;

@@ -428,8 +428,10 @@ fn run_handler<H: SyncHandler + ?Sized>(
         .map_err(|p| Error::from_panic(&*p))?;
     if exchange.saw_too_large() {
         // The handler's answer to a body it could not read whole is replaced by the server's
-        // 413; dropping the response here runs its body's cleanup.
-        drop(response);
+        // 413; dropping the response here runs its body's cleanup, which may panic too.
+        if catch_unwind(AssertUnwindSafe(move || drop(response))).is_err() {
+            tracing::error!("a sync response body's cleanup panicked while being dropped");
+        }
         return Err(Error::new(ErrorKind::BodyTooLarge)
             .with_message("the request body passed the limit while the handler read it"));
     }

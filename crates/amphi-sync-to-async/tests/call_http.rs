@@ -26,34 +26,8 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-/// The bound on every wait for something that should happen.
-const BOUND: Duration = Duration::from_secs(10);
-
-/// Runs `test` on a fresh multi-thread runtime with two workers. The runtime is shut down in
-/// the background, so a handler a failed test left blocked cannot hang the test binary.
-fn run<F>(test: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let outcome = rt.block_on(rt.spawn(test));
-    rt.shutdown_background();
-    if let Err(e) = outcome {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
-        }
-        panic!("the test task was cancelled: {e}");
-    }
-}
-
-fn scope(path: &str) -> HttpScope {
-    let (parts, ()) = http::Request::get(path).body(()).unwrap().into_parts();
-    HttpScope::new(parts, RequestInfo::new())
-}
+mod support;
+use support::{report, run, scope, settle, BOUND};
 
 /// The next data frame of `body`, `None` at its end; fails the test if none comes in time.
 async fn next_data(body: &mut HttpBody) -> Option<Result<Bytes, Error>> {
@@ -69,25 +43,6 @@ async fn rest(body: HttpBody) -> Result<Bytes, Error> {
         .await
         .expect("the body ended in time")?
         .to_bytes())
-}
-
-/// Receives the next report of a handler, bounded.
-async fn report<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    timeout(BOUND, rx.recv())
-        .await
-        .expect("the handler reported in time")
-        .expect("the handler's channel is open")
-}
-
-/// Waits (bounded) until `pool` has `n` calls in flight.
-async fn settle(pool: &BlockingPool, n: usize) {
-    timeout(BOUND, async {
-        while pool.in_flight() != n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("in_flight stuck at {}, expected {n}", pool.in_flight()));
 }
 
 /// Polls `future` once, asserting it is still pending.
@@ -385,8 +340,10 @@ fn dropping_the_body_mid_stream_once() {
     run(async {
         let pool = BlockingPool::new(2);
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let (token_tx, mut token_rx) = mpsc::unbounded_channel();
         let svc = SyncToAsync::new(sync_fn(move |req: SyncRequest| {
             let token = req.cancellation().clone();
+            token_tx.send(token.clone()).unwrap();
             let (on_write, on_close) = (tx.clone(), tx.clone());
             http::Response::new(
                 SyncBody::writer(move |w| {
@@ -415,11 +372,12 @@ fn dropping_the_body_mid_stream_once() {
         .with_pool(pool.clone());
 
         let scope = scope("/");
-        let token = scope.context().token().clone();
+        let caller = scope.context().token().clone();
         let resp = timeout(BOUND, svc.call_http(scope, BlockingBody::empty()))
             .await
             .unwrap()
             .unwrap();
+        let token = report(&mut token_rx).await;
         let mut body = resp.into_body();
         assert_eq!(next_data(&mut body).await.unwrap().unwrap(), "chunk 0\n");
         assert_eq!(next_data(&mut body).await.unwrap().unwrap(), "chunk 1\n");
@@ -427,6 +385,10 @@ fn dropping_the_body_mid_stream_once() {
         drop(body);
 
         assert!(token.is_cancelled(), "dropping the body flipped the token");
+        assert!(
+            !caller.is_cancelled(),
+            "the caller's own token is not the call's"
+        );
         assert_eq!(
             report(&mut rx).await,
             Produced::WriteFailed {
@@ -447,7 +409,9 @@ fn dropping_the_call_while_the_handler_runs_flips_the_token() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let svc = SyncToAsync::new(sync_fn(move |req: SyncRequest| {
             let token = req.cancellation().clone();
-            started_tx.send(req.path().to_owned()).unwrap();
+            started_tx
+                .send((req.path().to_owned(), token.clone()))
+                .unwrap();
             tx.send((req.path().to_owned(), token.wait_timeout(BOUND)))
                 .unwrap();
             http::Response::new(SyncBody::from("too late"))
@@ -458,20 +422,30 @@ fn dropping_the_call_while_the_handler_runs_flips_the_token() {
         let scope_a = scope("/never-polled");
         let token_a = scope_a.context().token().clone();
         let call = svc.call_http(scope_a, BlockingBody::empty());
-        assert_eq!(report(&mut started).await, "/never-polled");
-        assert!(!token_a.is_cancelled());
+        let (path, handler_token) = report(&mut started).await;
+        assert_eq!(path, "/never-polled");
+        assert!(!handler_token.is_cancelled());
         drop(call);
-        assert!(token_a.is_cancelled());
+        assert!(
+            handler_token.is_cancelled(),
+            "dropping the call flips the call's token"
+        );
+        assert!(
+            !token_a.is_cancelled(),
+            "the caller's own token is not the call's"
+        );
         assert_eq!(report(&mut rx).await, ("/never-polled".to_owned(), true));
 
         // Polled, then dropped while the handler runs.
         let scope_b = scope("/polled");
         let token_b = scope_b.context().token().clone();
         let mut call = svc.call_http(scope_b, BlockingBody::empty());
-        assert_eq!(report(&mut started).await, "/polled");
+        let (path, handler_token) = report(&mut started).await;
+        assert_eq!(path, "/polled");
         poll_once_pending(&mut call).await;
         drop(call);
-        assert!(token_b.is_cancelled());
+        assert!(handler_token.is_cancelled());
+        assert!(!token_b.is_cancelled());
         assert_eq!(report(&mut rx).await, ("/polled".to_owned(), true));
 
         settle(&pool, 0).await;

@@ -9,18 +9,10 @@ use amphi_core::{Context, ErrorKind};
 use amphi_sync_to_async::{sync_to_async, BlockingPool};
 use tokio::time::timeout;
 
-const BOUND: Duration = Duration::from_secs(10);
+mod support;
+use support::settle;
 
-/// Waits (bounded) until the pool's in-flight count is `n`.
-async fn settle(pool: &BlockingPool, n: usize) {
-    timeout(BOUND, async {
-        while pool.in_flight() != n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("in_flight stuck at {}, expected {n}", pool.in_flight()));
-}
+const BOUND: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_call_past_the_limit_waits_the_queue_timeout_then_fails_saturated() {

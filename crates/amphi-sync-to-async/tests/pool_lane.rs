@@ -8,15 +8,13 @@
 //! blocking work (see [`run`]): a failing test reports instead of hanging on a handler left
 //! blocked.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use amphi_core::testing::call;
 use amphi_core::{
-    sync_fn, BlockingBody, CancellationToken, ErrorKind, HttpScope, RequestInfo, SyncBody,
-    SyncRequest, SyncResponse,
+    sync_fn, BlockingBody, CancellationToken, ErrorKind, SyncBody, SyncRequest, SyncResponse,
 };
 use amphi_sync_to_async::{BlockingPool, SyncToAsync};
 use bytes::Bytes;
@@ -25,61 +23,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-/// The bound on every wait for something that should happen.
-const BOUND: Duration = Duration::from_secs(10);
+mod support;
+use support::{report, run, scope, settle, BOUND};
 
 /// How long a blocked handler waits for its gate: longer than [`BOUND`], so a request that
 /// wrongly waits behind a blocked one makes the test fail on `BOUND` instead of being let
 /// through by the gate's own timeout.
 const GATE_BOUND: Duration = Duration::from_secs(30);
 
-/// Runs `test` on a fresh multi-thread runtime with two workers. The runtime is shut down in
-/// the background, so a handler a failed test left blocked cannot hang the test binary.
-fn run<F>(test: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let outcome = rt.block_on(rt.spawn(test));
-    rt.shutdown_background();
-    if let Err(e) = outcome {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
-        }
-        panic!("the test task was cancelled: {e}");
-    }
-}
-
-fn scope(path: &str) -> HttpScope {
-    let (parts, ()) = http::Request::get(path).body(()).unwrap().into_parts();
-    HttpScope::new(parts, RequestInfo::new())
-}
-
 fn get(path: &str) -> http::Request<Bytes> {
     http::Request::get(path).body(Bytes::new()).unwrap()
-}
-
-/// Waits (bounded) until `pool` has `n` calls in flight.
-async fn settle(pool: &BlockingPool, n: usize) {
-    timeout(BOUND, async {
-        while pool.in_flight() != n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("in_flight stuck at {}, expected {n}", pool.in_flight()));
-}
-
-/// Receives the next report of a handler, bounded.
-async fn report<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    timeout(BOUND, rx.recv())
-        .await
-        .expect("the handler reported in time")
-        .expect("the handler's channel is open")
 }
 
 /// The gate a `/block` request waits at: in its scope's context when there is one there,
