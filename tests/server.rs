@@ -971,3 +971,39 @@ async fn every_request_gets_an_access_log_line() {
     assert_eq!((l["kind"].as_str(), l["status"].as_str()), ("none", "404"));
     assert_eq!(find("/a/panic")["status"], "500");
 }
+
+/// A sync handler answers with a whole `http::Response`, version included; the version on the
+/// wire is the connection's, whichever path the request took (a GET's body is complete at the
+/// call and skips the event protocol, a POST's streams in through it). A handler's `HTTP/3`
+/// once reached hyper on the GET path, which panicked in the connection task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_handlers_response_version_does_not_reach_the_wire() {
+    let app = sync_fn(|req: SyncRequest| {
+        let version = if req.query_string() == "v=3" {
+            http::Version::HTTP_3
+        } else {
+            http::Version::HTTP_10
+        };
+        http::Response::builder()
+            .version(version)
+            .body(SyncBody::from("ok"))
+            .unwrap()
+    });
+    let serving = start(Server::new(Router::new().mount_sync("/", app))).await;
+    let addr = serving.local_addr().unwrap();
+    for proto in BOTH {
+        let want = if proto == Proto::H1 {
+            http::Version::HTTP_11
+        } else {
+            http::Version::HTTP_2
+        };
+        let mut conn = Conn::open(addr, proto).await;
+        for path in ["/?v=3", "/?v=1"] {
+            let r = conn.get(path).await;
+            assert_eq!((r.status, r.text(), r.version), (StatusCode::OK, "ok", want));
+            let r = conn.post(path, full("x")).await;
+            assert_eq!((r.status, r.text(), r.version), (StatusCode::OK, "ok", want));
+        }
+    }
+    within("shutdown", serving.shutdown()).await.unwrap();
+}

@@ -229,7 +229,9 @@ impl SyncCalling {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
                 match body.into_full() {
-                    Ok(bytes) => Ok(Response::from_parts(parts, bytes)),
+                    // Status and headers only: the version on the wire is the
+                    // connection's, and hyper panics at one it cannot write.
+                    Ok(bytes) => Ok(full(parts.status, parts.headers, bytes)),
                     Err(body) => Err((parts, body)),
                 }
             }
