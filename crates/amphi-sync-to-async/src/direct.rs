@@ -7,11 +7,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use amphi_core::{BlockingBody, DropGuard, Error, HttpScope, SyncHandler};
+use amphi_core::{BlockingBody, Error, HttpScope, SyncHandler};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use crate::exchange::{Exchange, Out, Outcome};
+use crate::exchange::{AsyncEnd, Exchange, Out, Outcome};
 use crate::handler::{spawn_blocking_side, SyncToAsync};
 use crate::pool::{BlockingPool, Slot};
 
@@ -116,7 +116,7 @@ pub struct HttpCall<H> {
 enum Stage<H> {
     /// Every slot was taken: waiting for one, with a timer.
     Queued(Box<(QueueWait, Start<H>)>),
-    Running(Running),
+    Running(AsyncEnd),
     /// The handler could not be started.
     Failed(Error),
     Done,
@@ -133,7 +133,7 @@ struct Start<H> {
 }
 
 impl<H: SyncHandler> Start<H> {
-    fn launch(self, slot: Option<Slot>) -> Result<Running, Error> {
+    fn launch(self, slot: Option<Slot>) -> Result<AsyncEnd, Error> {
         // The call's own token, a child of the caller's: dropping the call cancels the call,
         // not the caller's request.
         let context = self.scope.context().child();
@@ -148,35 +148,7 @@ impl<H: SyncHandler> Start<H> {
             self.body,
             exchange.clone(),
         )?;
-        Ok(Running {
-            exchange,
-            guard: Some(guard),
-        })
-    }
-}
-
-/// The async side of a running call: the exchange the blocking side reports through, and the
-/// guard that flips the request's token if this side goes away first.
-struct Running {
-    exchange: Arc<Exchange>,
-    guard: Option<DropGuard>,
-}
-
-impl Running {
-    /// The blocking side is done with the token: it must not flip when this side is dropped.
-    fn finished(&mut self) {
-        if let Some(guard) = self.guard.take() {
-            guard.disarm();
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // The token flips first, so a producer whose write failed finds it flipped and can
-        // tell a client that left from another failure.
-        drop(self.guard.take());
-        self.exchange.close_async();
+        Ok(AsyncEnd::new(exchange, guard))
     }
 }
 
@@ -259,7 +231,7 @@ pub struct HttpBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Stream(Running),
+    Stream(AsyncEnd),
     Ended,
 }
 

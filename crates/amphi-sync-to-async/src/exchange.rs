@@ -12,7 +12,7 @@ use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 
-use amphi_core::{CancellationToken, Error, ErrorKind};
+use amphi_core::{CancellationToken, DropGuard, Error, ErrorKind};
 use bytes::Bytes;
 
 /// Request body chunks buffered ahead of the blocking reader.
@@ -235,5 +235,38 @@ fn register(s: &mut State, waker: &Waker) {
     match &s.waker {
         Some(w) if w.will_wake(waker) => {}
         _ => s.waker = Some(waker.clone()),
+    }
+}
+
+/// The async side's hold on one request: the exchange the blocking side reports through, and
+/// the guard that flips the request's token if this side goes away before the blocking side
+/// has finished.
+pub(crate) struct AsyncEnd {
+    pub(crate) exchange: Arc<Exchange>,
+    guard: Option<DropGuard>,
+}
+
+impl AsyncEnd {
+    pub(crate) fn new(exchange: Arc<Exchange>, guard: DropGuard) -> AsyncEnd {
+        AsyncEnd {
+            exchange,
+            guard: Some(guard),
+        }
+    }
+
+    /// The blocking side is done with the token: it must not flip when this side is dropped.
+    pub(crate) fn finished(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.disarm();
+        }
+    }
+}
+
+impl Drop for AsyncEnd {
+    fn drop(&mut self) {
+        // The token flips first, so a producer whose write failed finds it flipped and can
+        // tell a caller that left from another failure.
+        drop(self.guard.take());
+        self.exchange.close_async();
     }
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use amphi_core::{
-    AsyncHandler, BlockingBody, BoxFuture, DropGuard, Error, ErrorKind, Event, HttpScope, Message,
-    Receiver, Scope, Sender, SyncHandler, SyncRequest, ThreadSensitive,
+    AsyncHandler, BlockingBody, BoxFuture, Error, ErrorKind, Event, HttpScope, Message, Receiver,
+    Scope, Sender, SyncHandler, SyncRequest, ThreadSensitive,
 };
 use bytes::Bytes;
 
-use crate::exchange::{Exchange, Out, Outcome};
+use crate::exchange::{AsyncEnd, Exchange, Out, Outcome};
 use crate::pool::{BlockingPool, Slot};
 
 /// Serves a [`SyncHandler`] as an [`AsyncHandler`]: each request runs the blocking handler on
@@ -327,14 +327,13 @@ impl<H: SyncHandler> Launch<H> {
             exchange.clone(),
         )?;
         Ok(Drive {
-            exchange,
+            end: AsyncEnd::new(exchange, cancel),
             receive,
             send,
             body_done,
             pending: None,
             then: None,
             finished: false,
-            cancel: Some(cancel),
         })
     }
 }
@@ -474,7 +473,7 @@ impl Drop for Abandon {
 /// The async side of one request: pumps `receive` into the body queue and the response
 /// queue into `send`, both at once (a handler may stream its response while it reads).
 struct Drive {
-    exchange: Arc<Exchange>,
+    end: AsyncEnd,
     receive: Receiver,
     send: Sender,
     body_done: bool,
@@ -484,18 +483,17 @@ struct Drive {
     then: Option<Message>,
     /// The blocking side's outcome has been taken.
     finished: bool,
-    cancel: Option<DropGuard>,
 }
 
 impl Drive {
     fn pump_body(&mut self, cx: &mut TaskContext<'_>) {
-        while !self.body_done && self.exchange.body_has_room(cx.waker()) {
+        while !self.body_done && self.end.exchange.body_has_room(cx.waker()) {
             let Poll::Ready(event) = self.receive.poll_receive(cx) else {
                 return;
             };
             let (item, last) = body_item(event);
             self.body_done = last;
-            self.exchange.push_body(item, last);
+            self.end.exchange.push_body(item, last);
         }
     }
 
@@ -510,7 +508,7 @@ impl Drive {
             if self.finished {
                 return Poll::Ready(Ok(()));
             }
-            match self.exchange.take_out(cx.waker()) {
+            match self.end.exchange.take_out(cx.waker()) {
                 None => return Poll::Pending,
                 Some(Ok(Out::Head(parts))) => {
                     self.pending = Some(Message::start(parts.status, parts.headers));
@@ -564,19 +562,8 @@ impl Future for Drive {
         let result = std::task::ready!(this.poll_drive(cx));
         if this.finished {
             // The blocking side is done with the token: it must not flip when we are dropped.
-            if let Some(guard) = this.cancel.take() {
-                guard.disarm();
-            }
+            this.end.finished();
         }
         Poll::Ready(result)
-    }
-}
-
-impl Drop for Drive {
-    fn drop(&mut self) {
-        // The token flips first (unless disarmed), so a producer whose write failed finds it
-        // flipped.
-        drop(self.cancel.take());
-        self.exchange.close_async();
     }
 }
