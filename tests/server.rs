@@ -1000,9 +1000,15 @@ async fn a_sync_handlers_response_version_does_not_reach_the_wire() {
         let mut conn = Conn::open(addr, proto).await;
         for path in ["/?v=3", "/?v=1"] {
             let r = conn.get(path).await;
-            assert_eq!((r.status, r.text(), r.version), (StatusCode::OK, "ok", want));
+            assert_eq!(
+                (r.status, r.text(), r.version),
+                (StatusCode::OK, "ok", want)
+            );
             let r = conn.post(path, full("x")).await;
-            assert_eq!((r.status, r.text(), r.version), (StatusCode::OK, "ok", want));
+            assert_eq!(
+                (r.status, r.text(), r.version),
+                (StatusCode::OK, "ok", want)
+            );
         }
     }
     within("shutdown", serving.shutdown()).await.unwrap();
