@@ -513,25 +513,46 @@ fn a_panic_comes_back_as_panicked_with_its_message_and_frees_the_slot() {
     });
 }
 
-/// A handler for the pool tests: `/block` reports that it started and waits for `gate`;
-/// any other path counts itself in `ran` and answers at once.
-fn gated(
+/// The pool tests' service on a pool of one slot waiting `queue_timeout`: `/block` reports
+/// that it started (on `started`) and waits for `gate`; any other path counts itself in `ran`
+/// and answers its path at once.
+struct Gated {
+    svc: SyncToAsync<amphi_core::SyncFn<GatedFn>>,
+    pool: BlockingPool,
     gate: CancellationToken,
-    started: mpsc::UnboundedSender<()>,
+    started: mpsc::UnboundedReceiver<()>,
     ran: Arc<AtomicUsize>,
-) -> impl Fn(SyncRequest) -> amphi_core::SyncResponse + Send + Sync + 'static {
-    move |req: SyncRequest| {
-        if req.path() == "/block" {
-            started.send(()).unwrap();
-            let released = gate.wait_timeout(BOUND);
-            http::Response::new(SyncBody::from(if released {
-                "released"
+}
+
+type GatedFn = Box<dyn Fn(SyncRequest) -> amphi_core::SyncResponse + Send + Sync>;
+
+impl Gated {
+    fn new(queue_timeout: Duration) -> Gated {
+        let pool = BlockingPool::new(1).with_queue_timeout(queue_timeout);
+        let gate = CancellationToken::new();
+        let (started_tx, started) = mpsc::unbounded_channel();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (g, r) = (gate.clone(), ran.clone());
+        let handler: GatedFn = Box::new(move |req: SyncRequest| {
+            if req.path() == "/block" {
+                started_tx.send(()).unwrap();
+                let released = g.wait_timeout(BOUND);
+                http::Response::new(SyncBody::from(if released {
+                    "released"
+                } else {
+                    "the gate never opened"
+                }))
             } else {
-                "the gate never opened"
-            }))
-        } else {
-            ran.fetch_add(1, Ordering::SeqCst);
-            http::Response::new(SyncBody::from(req.path().to_owned()))
+                r.fetch_add(1, Ordering::SeqCst);
+                http::Response::new(SyncBody::from(req.path().to_owned()))
+            }
+        });
+        Gated {
+            svc: SyncToAsync::new(sync_fn(handler)).with_pool(pool.clone()),
+            pool,
+            gate,
+            started,
+            ran,
         }
     }
 }
@@ -539,12 +560,13 @@ fn gated(
 #[test]
 fn a_call_past_a_full_pool_fails_saturated_and_its_handler_never_runs() {
     run(async {
-        let pool = BlockingPool::new(1).with_queue_timeout(Duration::from_millis(50));
-        let gate = CancellationToken::new();
-        let (started_tx, mut started) = mpsc::unbounded_channel();
-        let ran = Arc::new(AtomicUsize::new(0));
-        let svc = SyncToAsync::new(sync_fn(gated(gate.clone(), started_tx, ran.clone())))
-            .with_pool(pool.clone());
+        let Gated {
+            svc,
+            pool,
+            gate,
+            mut started,
+            ran,
+        } = Gated::new(Duration::from_millis(50));
 
         let first = tokio::spawn(svc.call_http(scope("/block"), BlockingBody::empty()));
         report(&mut started).await;
@@ -583,12 +605,13 @@ fn a_call_past_a_full_pool_fails_saturated_and_its_handler_never_runs() {
 #[test]
 fn a_queued_call_runs_once_the_slot_comes_free_and_a_dropped_one_never_does() {
     run(async {
-        let pool = BlockingPool::new(1).with_queue_timeout(Duration::from_secs(60));
-        let gate = CancellationToken::new();
-        let (started_tx, mut started) = mpsc::unbounded_channel();
-        let ran = Arc::new(AtomicUsize::new(0));
-        let svc = SyncToAsync::new(sync_fn(gated(gate.clone(), started_tx, ran.clone())))
-            .with_pool(pool.clone());
+        let Gated {
+            svc,
+            pool,
+            gate,
+            mut started,
+            ran,
+        } = Gated::new(Duration::from_secs(60));
 
         let first = tokio::spawn(svc.call_http(scope("/block"), BlockingBody::empty()));
         report(&mut started).await;
