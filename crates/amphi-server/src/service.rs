@@ -217,8 +217,10 @@ struct SyncCalling {
 }
 
 impl SyncCalling {
-    /// Polls the call; `Ok` with the response once it is complete, `Err` with the driving
-    /// stage that streams the rest when the handler's body streams.
+    /// Polls the call; `Ok` with the response once it is complete (or the error's response),
+    /// `Err` with the head and the body when the handler's body streams (see [`stream`]).
+    ///
+    /// [`stream`]: SyncCalling::stream
     fn poll_call(
         &mut self,
         cx: &mut TaskContext<'_>,
