@@ -555,7 +555,14 @@ async fn client_disconnect_cancels_blocking_and_async_handlers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     let (probe, mut rx) = Probe::new();
-    let serving = start(test_server(&probe).grace_period(Duration::from_secs(60))).await;
+    // A header timeout longer than every wait below: it also closes idle keep-alive
+    // connections, and here only the shutdown may.
+    let serving = start(
+        test_server(&probe)
+            .grace_period(Duration::from_secs(60))
+            .header_read_timeout(Some(Duration::from_secs(120))),
+    )
+    .await;
     expect_event(&mut rx, "startup").await;
     let addr = serving.local_addr().unwrap();
     let mut in_flight = Vec::new();

@@ -7,15 +7,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::Poll;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use amphi_core::{AsyncHandler, CancellationToken, State};
 use amphi_sync_to_async::BlockingPool;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs, UnixListener};
 use tokio::sync::Semaphore;
@@ -604,7 +603,7 @@ async fn run<L: Listen>(
         grace_period,
     } = prepared;
     let builder = Arc::new(connection_builder(settings));
-    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     let limit = Arc::new(Semaphore::new(max_connections));
     let mut conns = JoinSet::new();
     let server_addr = listener.local_addr();
@@ -641,14 +640,14 @@ async fn run<L: Listen>(
             watch: watch.clone(),
         };
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut drain_watch = DrainWatch::new(drain.clone());
         let head_timeout = settings.header_read_timeout;
         conns.spawn(async move {
             let _permit = permit;
             // Made here, borrowing the shared builder, rather than made outside and moved in:
             // a captured connection would be laid out twice in this future (the capture and
             // the pinned local), and an owned one carries its own copy of the builder.
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             // Polled after the connection, so they see what the connection just did: returning
             // drops the connection, which cuts it.
@@ -657,6 +656,9 @@ async fn run<L: Listen>(
             let timer = tokio::time::sleep(head_timeout.unwrap_or(Duration::MAX));
             tokio::pin!(timer);
             std::future::poll_fn(|cx| {
+                if drain_watch.poll_started(cx) {
+                    conn.as_mut().graceful_shutdown();
+                }
                 if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                     log_connection_end(result);
                     return Poll::Ready(());
@@ -684,7 +686,7 @@ async fn run<L: Listen>(
         "shutting down: stopped accepting; draining for up to {grace_period:?}"
     );
     let drained = tokio::time::timeout(grace_period, async {
-        graceful.shutdown().await;
+        drain.start();
         while conns.join_next().await.is_some() {}
     })
     .await;
@@ -700,6 +702,94 @@ async fn run<L: Listen>(
     lifespans.shutdown(lifespan_timeout).await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Tells every connection to finish its requests and close: what hyper-util's
+/// `GracefulShutdown` does, without its cost on the hot path. Its watcher polls a `Notify`
+/// (a lock and a budget check) on every poll of the connection, a few times per request;
+/// here a poll costs an atomic load and a waker comparison, and the lock is taken once per
+/// connection (again only if its task's waker changes). Waiting for the connections to end
+/// is the `JoinSet`'s job.
+#[derive(Default)]
+struct Drain {
+    started: AtomicBool,
+    /// The wakers of the connections' tasks, by connection.
+    wakers: Mutex<DrainWakers>,
+}
+
+#[derive(Default)]
+struct DrainWakers {
+    next: u64,
+    by_conn: std::collections::HashMap<u64, Waker>,
+}
+
+impl Drain {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DrainWakers> {
+        // Each critical section is one map operation.
+        self.wakers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts draining: wakes every connection so that it sees the flag.
+    fn start(&self) {
+        self.started.store(true, Ordering::SeqCst);
+        let wakers: Vec<Waker> = self.lock().by_conn.drain().map(|(_, w)| w).collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// One connection's view of the [`Drain`].
+struct DrainWatch {
+    drain: Arc<Drain>,
+    id: u64,
+    /// The waker registered under `id`, if any.
+    waker: Option<Waker>,
+    /// The connection was told to finish.
+    told: bool,
+}
+
+impl DrainWatch {
+    fn new(drain: Arc<Drain>) -> DrainWatch {
+        let id = {
+            let mut w = drain.lock();
+            w.next += 1;
+            w.next
+        };
+        DrainWatch {
+            drain,
+            id,
+            waker: None,
+            told: false,
+        }
+    }
+
+    /// Whether the connection is to start its graceful shutdown now: true once.
+    fn poll_started(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        if self.told {
+            return false;
+        }
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // Registered before the flag is read: a drain that starts after this sees it.
+            let waker = cx.waker().clone();
+            self.drain.lock().by_conn.insert(self.id, waker.clone());
+            self.waker = Some(waker);
+        }
+        if self.drain.started.load(Ordering::SeqCst) {
+            self.told = true;
+            self.drain.lock().by_conn.remove(&self.id);
+            return true;
+        }
+        false
+    }
+}
+
+impl Drop for DrainWatch {
+    fn drop(&mut self) {
+        if self.waker.is_some() && !self.told {
+            self.drain.lock().by_conn.remove(&self.id);
+        }
+    }
 }
 
 fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
