@@ -1020,3 +1020,46 @@ async fn a_sync_handlers_response_version_does_not_reach_the_wire() {
     }
     within("shutdown", serving.shutdown()).await.unwrap();
 }
+
+/// A sync handler reads the same body whichever way it arrives: with its head (handed over
+/// whole), in pieces sent at once, or in pieces still on their way when the handler runs. The
+/// declared length comes with a `Content-Length` body only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_handler_reads_the_whole_body_however_it_arrives() {
+    let app = sync_fn(|mut req: SyncRequest| {
+        let declared = req.body_mut().content_length();
+        let mut got = String::new();
+        let read = req.body_mut().read_to_string(&mut got);
+        text(format!("{declared:?} {} {got}", read.is_ok()))
+    });
+    let serving = start(Server::new(Router::new().mount_sync("/", app))).await;
+    let addr = serving.local_addr().unwrap();
+    for proto in BOTH {
+        let mut conn = Conn::open(addr, proto).await;
+        let r = conn.post("/", full(r#"{"name":"ada"}"#)).await;
+        assert_eq!(
+            (r.status, r.text()),
+            (StatusCode::OK, r#"Some(14) true {"name":"ada"}"#)
+        );
+        let r = conn
+            .post("/", chunked([Bytes::from("one "), Bytes::from("two")]))
+            .await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "None true one two"));
+        // The second piece comes only once the handler may be waiting for it.
+        let (tx, body) = channel();
+        let pending = tokio::spawn({
+            let mut conn = Conn::open(addr, proto).await;
+            async move { conn.post("/", body).await }
+        });
+        tx.send(Bytes::from("first ")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send(Bytes::from("second")).await.unwrap();
+        drop(tx);
+        let r = within("the streamed body's answer", pending).await.unwrap();
+        assert_eq!(
+            (r.status, r.text()),
+            (StatusCode::OK, "None true first second")
+        );
+    }
+    within("shutdown", serving.shutdown()).await.unwrap();
+}
