@@ -181,12 +181,6 @@ async fn start(probe: &Probe) -> Serving {
         .expect("the server starts")
 }
 
-/// The next event must be `want`.
-async fn expect(rx: &mut mpsc::UnboundedReceiver<String>, want: &str) {
-    let got = within(&format!("event {want:?}"), rx.recv()).await;
-    assert_eq!(got.as_deref(), Some(want));
-}
-
 /// The next event that is not one of `optional` must be `want`.
 async fn expect_after(rx: &mut mpsc::UnboundedReceiver<String>, optional: &[&str], want: &str) {
     loop {
@@ -197,19 +191,6 @@ async fn expect_after(rx: &mut mpsc::UnboundedReceiver<String>, optional: &[&str
             other => panic!("expected {want:?} (after any of {optional:?}), got {other:?}"),
         }
     }
-}
-
-/// Nothing is left behind: no live handler, no blocking slot taken, no request in flight.
-async fn assert_nothing_leaks(serving: &Serving, probe: &Probe) {
-    eventually(
-        "every handler to be gone, every slot back, nothing in flight",
-        || {
-            probe.live.now() == 0
-                && serving.blocking_pool().in_flight() == 0
-                && serving.in_flight() == 0
-        },
-    )
-    .await;
 }
 
 /// The token of the request for `path` flips (the guard that flips it runs just after the

@@ -127,23 +127,21 @@ async fn start(probe: &Probe, rate: u64, grace: Duration) -> Serving {
         .expect("the server starts")
 }
 
-/// The next event must be `want`.
-async fn expect(rx: &mut mpsc::UnboundedReceiver<String>, want: &str) {
-    let got = within(&format!("event {want:?}"), rx.recv()).await;
-    assert_eq!(got.as_deref(), Some(want));
-}
-
-/// Nothing is left behind: no live handler, no blocking slot taken, no request in flight.
-async fn assert_nothing_leaks(serving: &Serving, probe: &Probe) {
-    eventually(
-        "every handler to be gone, every slot back, nothing in flight",
-        || {
-            probe.live.now() == 0
-                && serving.blocking_pool().in_flight() == 0
-                && serving.in_flight() == 0
-        },
-    )
-    .await;
+/// The handler of `path` (mounted at `/s` or `/a`) wrote its whole response, a sync
+/// producer's cleanup ran, and its token never flipped.
+async fn expect_completed(
+    rx: &mut mpsc::UnboundedReceiver<String>,
+    probe: &Probe,
+    mount: &str,
+    path: &str,
+) {
+    if mount == "s" {
+        expect(rx, "sync wrote everything").await;
+        expect(rx, "sync body closed").await;
+    } else {
+        expect(rx, "async wrote everything").await;
+    }
+    assert!(!probe.token_of(path).is_cancelled(), "{path}");
 }
 
 /// The handler of `path` was cancelled the way a client that left cancels it: a sync producer's
@@ -349,16 +347,7 @@ async fn a_reader_that_keeps_up_is_not_cut() {
         assert!(rest.is_empty(), "{path}");
         assert_eq!(responses.len(), 1, "{path}");
         assert_eq!(responses[0].body.len(), STEADY_CHUNKS * CHUNK, "{path}");
-        let done = if mount == "s" {
-            "sync wrote everything"
-        } else {
-            "async wrote everything"
-        };
-        expect(&mut rx, done).await;
-        if mount == "s" {
-            expect(&mut rx, "sync body closed").await;
-        }
-        assert!(!probe.token_of(&path).is_cancelled(), "{path}");
+        expect_completed(&mut rx, &probe, mount, &path).await;
         assert_nothing_leaks(&serving, &probe).await;
     }
     assert!(capture_logs()
@@ -379,16 +368,7 @@ async fn a_handler_that_produces_slowly_is_not_cut() {
             let r = conn.get(&path).await;
             assert_eq!(r.status, StatusCode::OK, "{path}");
             assert_eq!(r.body.len(), SLOW_CHUNKS * CHUNK, "{path}");
-            let done = if mount == "s" {
-                "sync wrote everything"
-            } else {
-                "async wrote everything"
-            };
-            expect(&mut rx, done).await;
-            if mount == "s" {
-                expect(&mut rx, "sync body closed").await;
-            }
-            assert!(!probe.token_of(&path).is_cancelled(), "{path}");
+            expect_completed(&mut rx, &probe, mount, &path).await;
         }
     }
     assert_nothing_leaks(&serving, &probe).await;

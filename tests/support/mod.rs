@@ -659,3 +659,22 @@ impl Drop for Dropped {
         self.0.say("async dropped");
     }
 }
+
+/// The next event must be `want`.
+pub async fn expect(rx: &mut mpsc::UnboundedReceiver<String>, want: &str) {
+    let got = within(&format!("event {want:?}"), rx.recv()).await;
+    assert_eq!(got.as_deref(), Some(want));
+}
+
+/// Nothing is left behind: no live handler, no blocking slot taken, no request in flight.
+pub async fn assert_nothing_leaks(serving: &amphi::Serving, probe: &Probe) {
+    eventually(
+        "every handler to be gone, every slot back, nothing in flight",
+        || {
+            probe.live.now() == 0
+                && serving.blocking_pool().in_flight() == 0
+                && serving.in_flight() == 0
+        },
+    )
+    .await;
+}

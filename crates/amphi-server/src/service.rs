@@ -84,8 +84,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             .with_client(self.client)
             .with_server(self.server)
             .with_root_path(route.prefix.clone());
-        let context = Context::new();
-        let scope = HttpScope::from_parts(parts, info, context.clone(), app.state.clone());
+        let scope = HttpScope::from_parts(parts, info, Context::new(), app.state.clone());
         let drain = self
             .watch
             .as_ref()
@@ -101,12 +100,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             return ResponseFuture {
                 state: Stage::Sync(SyncCalling {
                     call: mount.call_http(scope, body),
-                    context,
                     record,
                     drain,
                 }),
             };
         }
+        let context = scope.context().clone();
         let exchange = Arc::new(Exchange::default());
         let receive = Receiver::new(
             IncomingSource::new(
@@ -211,7 +210,6 @@ struct Driving {
 /// A sync handler called directly (its request body complete).
 struct SyncCalling {
     call: HttpCall<Arc<dyn SyncHandler>>,
-    context: Context,
     record: AccessRecord,
     drain: Option<DrainClock>,
 }
@@ -241,7 +239,9 @@ impl SyncCalling {
     }
 
     /// The driving stage for a streamed body: it goes out through the same exchange, rate
-    /// clock and access record as an async handler's, pumped by a small future.
+    /// clock and access record as an async handler's, pumped by a small future. The pump
+    /// gets a context of its own: the handler's is the call's, and dropping the body (the
+    /// client left) flips the call's token.
     fn stream(self, parts: http::response::Parts, mut body: HttpBody) -> Driving {
         let exchange = Arc::new(Exchange::default());
         let mut send = Sender::http(ExchangeSink(exchange.clone()));
@@ -258,7 +258,7 @@ impl SyncCalling {
             send.send(Message::body(Bytes::new(), false)).await
         });
         Driving {
-            driver: Driver::new(pump, self.context, exchange),
+            driver: Driver::new(pump, Context::new(), exchange),
             record: self.record,
             drain: self.drain,
         }

@@ -78,7 +78,6 @@ impl<H: SyncHandler> SyncToAsync<H> {
         let start = Start {
             handler: self.handler.clone(),
             place: self.place.thread_for(&scope),
-            pool: self.pool.clone(),
             scope,
             body,
         };
@@ -88,16 +87,16 @@ impl<H: SyncHandler> SyncToAsync<H> {
                 Some(slot) => Some(slot),
                 // The wait for a slot holds a timer: only the calls that wait carry it.
                 None => {
-                    let pool = pool.clone();
-                    let wait: QueueWait = Box::pin(async move { pool.acquire().await });
+                    let waiting = pool.clone();
+                    let wait: QueueWait = Box::pin(async move { waiting.acquire().await });
                     return HttpCall {
-                        stage: Stage::Queued(Box::new((wait, start))),
+                        stage: Stage::Queued(Box::new((wait, start, pool.clone()))),
                     };
                 }
             },
         };
         HttpCall {
-            stage: match start.launch(slot) {
+            stage: match start.launch(self.pool.as_ref(), slot) {
                 Ok(running) => Stage::Running(running),
                 Err(e) => Stage::Failed(e),
             },
@@ -115,7 +114,7 @@ pub struct HttpCall<H> {
 // that has to wait for a slot keeps meanwhile is boxed.
 enum Stage<H> {
     /// Every slot was taken: waiting for one, with a timer.
-    Queued(Box<(QueueWait, Start<H>)>),
+    Queued(Box<(QueueWait, Start<H>, BlockingPool)>),
     Running(AsyncEnd),
     /// The handler could not be started.
     Failed(Error),
@@ -127,13 +126,13 @@ type QueueWait = Pin<Box<dyn Future<Output = Result<Slot, Error>> + Send>>;
 struct Start<H> {
     handler: Arc<H>,
     place: Option<amphi_core::ThreadSensitive>,
-    pool: Option<BlockingPool>,
     scope: HttpScope,
     body: BlockingBody,
 }
 
 impl<H: SyncHandler> Start<H> {
-    fn launch(self, slot: Option<Slot>) -> Result<AsyncEnd, Error> {
+    /// Starts the handler on `pool`'s lane (or plain `spawn_blocking` without a pool).
+    fn launch(self, pool: Option<&BlockingPool>, slot: Option<Slot>) -> Result<AsyncEnd, Error> {
         // The call's own token, a child of the caller's: dropping the call cancels the call,
         // not the caller's request.
         let context = self.scope.context().child();
@@ -141,7 +140,7 @@ impl<H: SyncHandler> Start<H> {
         let exchange = Exchange::new();
         spawn_blocking_side(
             self.handler,
-            self.pool.as_ref(),
+            pool,
             slot,
             self.place,
             self.scope.with_context(context),
@@ -165,8 +164,8 @@ impl<H: SyncHandler> Future for HttpCall<H> {
                         return Poll::Pending;
                     }
                     Poll::Ready(slot) => {
-                        let (_, start) = *queued;
-                        this.stage = Stage::Running(start.launch(Some(slot?))?);
+                        let (_, start, pool) = *queued;
+                        this.stage = Stage::Running(start.launch(Some(&pool), Some(slot?))?);
                     }
                 },
                 Stage::Failed(e) => return Poll::Ready(Err(e)),
