@@ -34,7 +34,8 @@ mod thread_sensitive;
 
 pub use asgi::{
     asgi_fn, async_fn, AsgiFn, AsyncBody, AsyncFn, AsyncHandler, AsyncRequest, AsyncResponse,
-    BoxFuture, Event, EventSource, Message, MessageSink, Receiver, Sender, WebSocketData,
+    BoxFuture, Event, EventSource, Message, MessageSink, Receiver, Sender, SharedEventSource,
+    SharedMessageSink, WebSocketData,
 };
 pub use cancel::{CancellationToken, Cancelled, DropGuard};
 pub use context::{Context, EnterGuard, Scoped};

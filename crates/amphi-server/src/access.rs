@@ -81,7 +81,9 @@ impl Drop for AccessRecord {
             return;
         };
         let status = self.status.map_or(0, |s| s.as_u16());
-        let duration_us = now.saturating_duration_since(started).as_micros() as u64;
+        // Computed inside each event, which evaluates its fields only when it is enabled: at
+        // `warn`, a complete request's line is off and costs no subtraction.
+        let micros = || now.saturating_duration_since(started).as_micros() as u64;
         let method = self.method.as_str();
         let path = self.uri.path();
         let kind = self.kind.as_str();
@@ -93,22 +95,22 @@ impl Drop for AccessRecord {
         match self.outcome {
             Outcome::Complete => tracing::info!(
                 target: "amphi::access",
-                method, path, status, bytes = self.bytes, duration_us, kind, version,
+                method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
                 outcome = "complete"
             ),
             Outcome::Cut => tracing::warn!(
                 target: "amphi::access",
-                method, path, status, bytes = self.bytes, duration_us, kind, version,
+                method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
                 outcome = "cut"
             ),
             Outcome::Running if self.conn.app.cutting.load(Ordering::Relaxed) => tracing::warn!(
                 target: "amphi::access",
-                method, path, status, bytes = self.bytes, duration_us, kind, version,
+                method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
                 outcome = "cut at shutdown"
             ),
             Outcome::Running | Outcome::ClientGone => tracing::info!(
                 target: "amphi::access",
-                method, path, status, bytes = self.bytes, duration_us, kind, version,
+                method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
                 outcome = "client gone"
             ),
         }

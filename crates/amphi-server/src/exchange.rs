@@ -9,23 +9,29 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
-use amphi_core::{CancellationToken, Error, ErrorKind, Event, EventSource, Message, MessageSink};
+use amphi_core::{
+    CancellationToken, Error, ErrorKind, Event, Message, SharedEventSource, SharedMessageSink,
+};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-/// The response state shared by the handler's `send`, its `receive` and the poller.
+/// The state shared by the handler's `send`, its `receive` and the poller: one allocation
+/// per request for all three.
 #[derive(Default)]
 pub(crate) struct Exchange {
     inner: Mutex<Outbox>,
     /// How long a streamed response has been waiting for its client, for the watchdog.
     pub(crate) wait: crate::response_rate::WaitState,
+    /// The request body `receive` reads; `None` for an exchange without one (a sync
+    /// handler's streamed body, pumped out after its request was read).
+    incoming: Mutex<Option<IncomingSource>>,
 }
 
 #[derive(Default)]
@@ -53,6 +59,14 @@ pub(crate) struct Outbox {
 }
 
 impl Exchange {
+    /// An exchange whose `receive` reads `incoming`.
+    pub(crate) fn with_body(incoming: IncomingSource) -> Exchange {
+        Exchange {
+            incoming: Mutex::new(Some(incoming)),
+            ..Exchange::default()
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Outbox> {
         // Every critical section is a few field updates that cannot panic halfway, so a
         // poisoned lock still holds consistent state.
@@ -60,21 +74,19 @@ impl Exchange {
     }
 }
 
-/// The [`MessageSink`] behind a request's `send`.
-pub(crate) struct ExchangeSink(pub(crate) Arc<Exchange>);
-
-impl MessageSink for ExchangeSink {
-    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+/// The request's `send` writes into the exchange.
+impl SharedMessageSink for Exchange {
+    fn poll_ready(&self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
         // No waker: the poller empties the slot and then polls the handler again itself.
-        if self.0.lock().chunk.is_some() {
+        if self.lock().chunk.is_some() {
             Poll::Pending
         } else {
             Poll::Ready(Ok(()))
         }
     }
 
-    fn start_send(&mut self, message: Message) -> Result<(), Error> {
-        let mut out = self.0.lock();
+    fn start_send(&self, message: Message) -> Result<(), Error> {
+        let mut out = self.lock();
         // `Sender` has already checked the order of messages for the http scope.
         match message {
             Message::ResponseStart {
@@ -183,31 +195,48 @@ impl RateClock {
     }
 }
 
-/// The [`EventSource`] behind a request's `receive`: reads hyper's body directly.
+/// The request's `receive` reads the body the exchange holds.
+impl SharedEventSource for Exchange {
+    fn poll_event(&self, cx: &mut TaskContext<'_>) -> Poll<Result<Event, Error>> {
+        // Only the handler's `receive` takes this lock, so it is never contended; a panic
+        // while it was held (inside hyper's body) leaves the reader's state as it was.
+        let mut incoming = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
+        match incoming.as_mut() {
+            Some(source) => source.poll_event(self, cx),
+            None => Poll::Ready(Ok(Event::Disconnect)),
+        }
+    }
+
+    /// The handler dropped its `receive`: let hyper's body go now, as a body the handler
+    /// owned would have gone, rather than with the response.
+    fn release(&self) {
+        let body = self
+            .incoming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(body);
+    }
+}
+
+/// What a request's `receive` reads: hyper's body, directly.
 pub(crate) struct IncomingSource {
     body: Option<Incoming>,
     limit: u64,
     received: u64,
     state: Reading,
-    exchange: Arc<Exchange>,
     /// The request's token, flipped when the body breaks (the client went away).
     token: CancellationToken,
     clock: Option<RateClock>,
 }
 
 impl IncomingSource {
-    pub(crate) fn new(
-        body: Incoming,
-        limit: u64,
-        exchange: Arc<Exchange>,
-        token: CancellationToken,
-    ) -> IncomingSource {
+    pub(crate) fn new(body: Incoming, limit: u64, token: CancellationToken) -> IncomingSource {
         IncomingSource {
             body: Some(body),
             limit,
             received: 0,
             state: Reading::Body,
-            exchange,
             token,
             clock: None,
         }
@@ -225,8 +254,12 @@ impl IncomingSource {
     }
 }
 
-impl EventSource for IncomingSource {
-    fn poll_event(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Event, Error>> {
+impl IncomingSource {
+    fn poll_event(
+        &mut self,
+        exchange: &Exchange,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<Event, Error>> {
         loop {
             match self.state {
                 Reading::Body => {}
@@ -246,7 +279,7 @@ impl EventSource for IncomingSource {
                     // (or the client leaves, which drops the handler) and then says
                     // `http.disconnect`. Returning it earlier would tell handlers that listen
                     // for disconnects, as Django's does, that the client has gone.
-                    let mut out = self.exchange.lock();
+                    let mut out = exchange.lock();
                     if out.response_done {
                         return Poll::Ready(Ok(Event::Disconnect));
                     }
@@ -268,7 +301,7 @@ impl EventSource for IncomingSource {
                         "request body too slow; giving up on it"
                     );
                     self.end(Reading::TooSlow);
-                    self.exchange.lock().body_too_slow = true;
+                    exchange.lock().body_too_slow = true;
                     continue;
                 }
             }
@@ -288,7 +321,7 @@ impl EventSource for IncomingSource {
                     // here, as a disconnect does.
                     self.token.cancel();
                     self.end(Reading::Gone);
-                    self.exchange.lock().client_gone = true;
+                    exchange.lock().client_gone = true;
                     return Poll::Ready(Ok(Event::Disconnect));
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
@@ -300,7 +333,7 @@ impl EventSource for IncomingSource {
             self.received += data.len() as u64;
             if self.received > self.limit {
                 self.end(Reading::TooLarge);
-                self.exchange.lock().body_too_large = true;
+                exchange.lock().body_too_large = true;
                 continue;
             }
             let more_body = !body.is_end_stream();

@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 
 use crate::access::{AccessRecord, Outcome};
 use crate::body::ResponseBody;
-use crate::exchange::{BodyRate, Exchange, ExchangeSink, IncomingSource};
+use crate::exchange::{BodyRate, Exchange, IncomingSource};
 use crate::idle::ConnState;
 use crate::response_rate::{ConnWatch, DrainClock};
 use crate::router::{HandlerKind, RouteTable};
@@ -106,17 +106,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             };
         }
         let context = scope.context().clone();
-        let exchange = Arc::new(Exchange::default());
-        let receive = Receiver::new(
-            IncomingSource::new(
-                body,
-                app.max_body,
-                exchange.clone(),
-                context.token().clone(),
-            )
-            .with_rate(app.body_rate),
-        );
-        let send = Sender::http(ExchangeSink(exchange.clone()));
+        let exchange = Arc::new(Exchange::with_body(
+            IncomingSource::new(body, app.max_body, context.token().clone())
+                .with_rate(app.body_rate),
+        ));
+        let receive = Receiver::shared(exchange.clone());
+        let send = Sender::shared_http(exchange.clone());
         let fut = handler
             .clone()
             .call_owned(Scope::Http(scope), receive, send);
@@ -244,7 +239,7 @@ impl SyncCalling {
     /// client left) flips the call's token.
     fn stream(self, parts: http::response::Parts, mut body: HttpBody) -> Driving {
         let exchange = Arc::new(Exchange::default());
-        let mut send = Sender::http(ExchangeSink(exchange.clone()));
+        let mut send = Sender::shared_http(exchange.clone());
         let pump = Box::pin(async move {
             send.send(Message::start(parts.status, parts.headers))
                 .await?;

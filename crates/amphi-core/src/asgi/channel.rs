@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use crate::{Error, ErrorKind, Event, Message, Scope};
@@ -28,20 +29,100 @@ pub trait MessageSink: Send + 'static {
     fn start_send(&mut self, message: Message) -> Result<(), Error>;
 }
 
+/// An [`EventSource`] polled through a shared reference: for a source that lives in an
+/// object its owner shares with the [`Receiver`] (and perhaps the [`Sender`]), so that one
+/// allocation serves the whole exchange. See [`Receiver::shared`].
+pub trait SharedEventSource: Send + Sync + 'static {
+    /// Polls for the next event; as [`EventSource::poll_event`].
+    fn poll_event(&self, cx: &mut TaskContext<'_>) -> Poll<Result<Event, Error>>;
+
+    /// Called once, when the [`Receiver`] is dropped: nothing will read from it again, so
+    /// whatever it reads from (a request body, say) can be let go now rather than when the
+    /// last owner drops. Does nothing unless implemented.
+    fn release(&self) {}
+}
+
+/// A [`MessageSink`] used through a shared reference: for a sink that lives in an object its
+/// owner shares with the [`Sender`]. See [`Sender::shared_http`].
+pub trait SharedMessageSink: Send + Sync + 'static {
+    /// As [`MessageSink::poll_ready`].
+    fn poll_ready(&self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>>;
+
+    /// As [`MessageSink::start_send`].
+    fn start_send(&self, message: Message) -> Result<(), Error>;
+}
+
+/// Where a [`Receiver`] reads from: a source of its own, boxed, or one shared with its owner.
+enum Source {
+    Owned(Box<dyn EventSource>),
+    Shared(Arc<dyn SharedEventSource>),
+}
+
+/// Where a [`Sender`] writes to: a sink of its own, boxed, or one shared with its owner.
+enum Sink {
+    Owned(Box<dyn MessageSink>),
+    Shared(Arc<dyn SharedMessageSink>),
+}
+
+impl Sink {
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        match self {
+            Sink::Owned(s) => s.poll_ready(cx),
+            Sink::Shared(s) => s.poll_ready(cx),
+        }
+    }
+
+    fn start_send(&mut self, message: Message) -> Result<(), Error> {
+        match self {
+            Sink::Owned(s) => s.start_send(message),
+            Sink::Shared(s) => s.start_send(message),
+        }
+    }
+}
+
 /// The `receive` end of an async handler: yields [`Event`]s.
 ///
 /// # Cancellation
 ///
 /// `receive` is cancel-safe: dropping its future loses no event.
 pub struct Receiver {
-    source: Box<dyn EventSource>,
+    source: Source,
 }
 
 impl Receiver {
-    /// A receiver pulling from `source`.
+    /// A receiver pulling from `source` (boxed: one allocation).
     pub fn new(source: impl EventSource) -> Receiver {
         Receiver {
-            source: Box::new(source),
+            source: Source::Owned(Box::new(source)),
+        }
+    }
+
+    /// A receiver pulling from a source its owner shares: no allocation of its own. A server
+    /// keeps a request's body, its response slot and their state in one `Arc` this way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::task::{Context, Poll};
+    /// use amphi_core::{Error, Event, Receiver, SharedEventSource};
+    ///
+    /// struct Empty;
+    /// impl SharedEventSource for Empty {
+    ///     fn poll_event(&self, _cx: &mut Context<'_>) -> Poll<Result<Event, Error>> {
+    ///         Poll::Ready(Ok(Event::Disconnect))
+    ///     }
+    /// }
+    ///
+    /// let shared = Arc::new(Empty);
+    /// let mut receive = Receiver::shared(shared.clone());
+    /// # futures_executor::block_on(async {
+    /// assert!(matches!(receive.receive().await, Ok(Event::Disconnect)));
+    /// # });
+    /// ```
+    pub fn shared<S: SharedEventSource>(source: Arc<S>) -> Receiver {
+        Receiver {
+            source: Source::Shared(source),
         }
     }
 
@@ -52,12 +133,23 @@ impl Receiver {
     /// When the source fails; a client that goes away is usually an [`Event::Disconnect`]
     /// rather than an error.
     pub async fn receive(&mut self) -> Result<Event, Error> {
-        poll_fn(|cx| self.source.poll_event(cx)).await
+        poll_fn(|cx| self.poll_receive(cx)).await
     }
 
     /// Polls for the next event.
     pub fn poll_receive(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Event, Error>> {
-        self.source.poll_event(cx)
+        match &mut self.source {
+            Source::Owned(s) => s.poll_event(cx),
+            Source::Shared(s) => s.poll_event(cx),
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Source::Shared(s) = &self.source {
+            s.release();
+        }
     }
 }
 
@@ -108,7 +200,7 @@ enum State {
 /// # });
 /// ```
 pub struct Sender {
-    sink: Box<dyn MessageSink>,
+    sink: Sink,
     state: State,
 }
 
@@ -137,9 +229,18 @@ impl Sender {
         }
     }
 
+    /// A sender for an http scope writing to a sink its owner shares: no allocation of its
+    /// own (see [`Receiver::shared`]).
+    pub fn shared_http<S: SharedMessageSink>(sink: Arc<S>) -> Sender {
+        Sender {
+            sink: Sink::Shared(sink),
+            state: State::HttpIdle,
+        }
+    }
+
     fn with_state(sink: impl MessageSink, state: State) -> Sender {
         Sender {
-            sink: Box::new(sink),
+            sink: Sink::Owned(Box::new(sink)),
             state,
         }
     }

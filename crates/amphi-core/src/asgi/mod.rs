@@ -10,7 +10,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use body::AsyncBody;
-pub use channel::{EventSource, MessageSink, Receiver, Sender};
+pub use channel::{
+    EventSource, MessageSink, Receiver, Sender, SharedEventSource, SharedMessageSink,
+};
 pub use event::{Event, Message, WebSocketData};
 
 use crate::{Error, Scope};
