@@ -45,7 +45,9 @@ use crate::pool::BlockingPool;
 ///
 /// # Cancellation
 ///
-/// Dropping the future before `f` starts means `f` never runs. Once it has started it cannot
+/// Dropping the future before `f` starts means `f` never runs (and a pool slot it took comes
+/// back as soon as its turn comes); so does a flip of the caller's request token, which also
+/// ends a wait for a pool slot at once with [`ErrorKind::Cancelled`]. Once it has started it cannot
 /// be stopped (blocking code cannot be aborted): it runs to the end and its result is
 /// dropped. What the drop does is flip the closure's cancellation token
 /// (`Context::current().unwrap().token()` inside `f`), so code that checks it between steps
@@ -161,9 +163,11 @@ where
                 }
             },
         };
+        // For a wait for a pool slot, which ends early when the token flips.
+        let token = self.pool.is_some().then(|| context.token().clone());
         let run = move || {
             // A call whose future was dropped (or whose request was cancelled) before it
-            // started does not start.
+            // started does not start; a pool slot it holds goes back as it returns.
             if context.token().is_cancelled() {
                 return None;
             }
@@ -171,11 +175,11 @@ where
             let _span = span.enter();
             Some(f())
         };
-        let state = match (self.pool, place) {
+        let state = match (self.pool.zip(token), place) {
             (None, None) => State::Running(tokio::task::spawn_blocking(run)),
             (None, Some(ts)) => submit(&ts, run),
-            (Some(pool), place) => State::Waiting(Box::pin(async move {
-                let slot = pool.acquire().await?;
+            (Some((pool, token)), place) => State::Waiting(Box::pin(async move {
+                let slot = pool.acquire(&token).await?;
                 let run = move || {
                     let _slot = slot;
                     run()

@@ -53,7 +53,10 @@ impl<H: SyncHandler> SyncToAsync<H> {
     /// Dropping the future, or the streamed body before its end, flips the call's token (the
     /// handler's [`SyncRequest::cancellation`](amphi_core::SyncRequest::cancellation)) and
     /// fails the producer's body writes, so its cleanup runs; the caller's own token does not
-    /// flip. A call dropped while it waits for a slot takes none.
+    /// flip. A call dropped while it waits for a slot takes none. A call dropped, or whose
+    /// scope context's token is cancelled, before its handler started (while it waited for a
+    /// slot or for a thread) never starts its handler: a cancelled call that is still awaited
+    /// resolves to [`ErrorKind::Cancelled`](amphi_core::ErrorKind::Cancelled).
     ///
     /// # Examples
     ///
@@ -88,7 +91,8 @@ impl<H: SyncHandler> SyncToAsync<H> {
                 // The wait for a slot holds a timer: only the calls that wait carry it.
                 None => {
                     let waiting = pool.clone();
-                    let wait: QueueWait = Box::pin(async move { waiting.acquire().await });
+                    let token = start.scope.context().token().clone();
+                    let wait: QueueWait = Box::pin(async move { waiting.acquire(&token).await });
                     return HttpCall {
                         stage: Stage::Queued(Box::new((wait, start, pool.clone()))),
                     };

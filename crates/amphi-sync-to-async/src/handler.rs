@@ -70,6 +70,11 @@ use crate::pool::{BlockingPool, Slot};
 /// cleanup runs. The blocking call itself cannot be aborted; its pool slot comes back when
 /// it returns.
 ///
+/// A request whose future is dropped, or whose scope context's token is cancelled, *before*
+/// its handler started (while it waited for a pool slot, for a blocking thread, or for a
+/// thread-sensitive context's thread) never starts it: its slot comes back at once, and a
+/// future still awaited returns [`ErrorKind::Cancelled`] without sending anything.
+///
 /// # Examples
 ///
 /// ```
@@ -221,7 +226,8 @@ impl<H: SyncHandler> SyncToAsync<H> {
                         None => {
                             let pool = pool.clone();
                             Box::pin(async move {
-                                let slot = pool.acquire().await?;
+                                let token = launch.scope.context().token().clone();
+                                let slot = pool.acquire(&token).await?;
                                 Serve::Launch(Launch {
                                     slot: Some(slot),
                                     ..launch
@@ -356,6 +362,15 @@ pub(crate) fn spawn_blocking_side<H: SyncHandler>(
     // lent thread-sensitive context that ended), its drop still tells the async side.
     let done = Abandon(Some(exchange.clone()));
     let blocking = move || {
+        // A request whose caller went away while it waited (in the lane's queue, on a
+        // thread-sensitive thread, in tokio's queue, or through a runtime shutdown) never
+        // starts: dropping the async side flips the call's token, and so does a cancelled
+        // request. One look at the token, and the slot goes back at once.
+        if context.token().is_cancelled() {
+            drop(slot);
+            done.finish(Err(not_started()));
+            return;
+        }
         let outcome = {
             let _slot = slot;
             let _context = context.enter();
@@ -374,6 +389,11 @@ pub(crate) fn spawn_blocking_side<H: SyncHandler>(
         (None, None) => drop(tokio::task::spawn_blocking(blocking)),
     }
     Ok(())
+}
+
+fn not_started() -> Error {
+    Error::new(ErrorKind::Cancelled)
+        .with_message("the request was cancelled before its blocking handler started")
 }
 
 /// The future of one request: starts the blocking side on its first poll, then drives it.

@@ -1,10 +1,13 @@
 //! The bounded pool: a cap on blocking work in flight and a bounded wait for a slot.
 
 use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use amphi_core::{Error, ErrorKind};
+use amphi_core::{CancellationToken, Error, ErrorKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::lane::{Job, Lane};
@@ -34,7 +37,17 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// so [`in_flight`](BlockingPool::in_flight) never undercounts the threads really busy. A
 /// handler whose caller went away sees its cancellation token flip and its body reads and
 /// writes fail, so well-behaved code ends soon after. A call that is still *waiting* for a slot
-/// when it is dropped takes none.
+/// when it is dropped, or whose request's cancellation token flips meanwhile, takes none: it
+/// stops waiting and fails [`ErrorKind::Cancelled`].
+///
+/// # Work whose caller is gone
+///
+/// A call that got its slot but has not started yet (queued behind busy blocking threads, on a
+/// busy thread-sensitive thread, or through a runtime shutdown) and whose caller is gone (its
+/// future dropped, or its request's token cancelled) never starts: when its turn comes it gives
+/// its slot back at once and its closure or handler is not called. That keeps a saturated pool
+/// from spending its threads on answers nobody reads. The check is one look at the call's
+/// token as its work is taken.
 ///
 /// The pool limits work in flight; it does not own threads. The work runs on tokio's blocking
 /// pool (or a thread-sensitive context's thread), whose own thread cap (`max_blocking_threads`,
@@ -152,32 +165,57 @@ impl BlockingPool {
         Some(Slot { _permit: permit })
     }
 
-    /// Takes a slot, waiting up to the queue timeout.
+    /// Takes a slot, waiting up to the queue timeout, for a call that runs under `token`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Saturated`] when no slot came free in time; [`ErrorKind::Cancelled`] when
+    /// `token` flipped while the call waited (its caller is gone: the call never runs, so it
+    /// must not take a slot another call is waiting for).
     ///
     /// # Cancellation
     ///
     /// Dropping the future while it waits takes no slot.
-    pub(crate) async fn acquire(&self) -> Result<Slot, Error> {
-        // The fast path takes no timer: most calls find a slot free.
+    pub(crate) async fn acquire(&self, token: &CancellationToken) -> Result<Slot, Error> {
+        // The fast path takes no timer: most calls find a slot free. A call whose token has
+        // flipped by now is skipped where its job is taken (see `spawn_blocking_side`).
         if let Some(slot) = self.try_acquire() {
             return Ok(slot);
         }
-        let waited = if self.queue_timeout.is_zero() {
-            None
-        } else {
-            tokio::time::timeout(self.queue_timeout, self.semaphore.clone().acquire_owned())
-                .await
-                .ok()
-        };
-        match waited {
-            Some(Ok(permit)) => Ok(Slot { _permit: permit }),
-            // The semaphore is never closed, so an acquire error cannot happen; report it as
-            // saturation rather than panicking if that ever changes.
-            Some(Err(_)) | None => Err(Error::new(ErrorKind::Saturated).with_message(format!(
-                "all {} blocking slots busy for {:?}",
-                self.limit, self.queue_timeout
-            ))),
+        if self.queue_timeout.is_zero() {
+            return Err(self.saturated());
         }
+        let mut gone = pin!(token.cancelled());
+        let mut permit = pin!(self.semaphore.clone().acquire_owned());
+        let mut deadline = pin!(tokio::time::sleep(self.queue_timeout));
+        poll_fn(|cx| {
+            // Gone first: a call whose caller left takes no slot even if one just came free
+            // (the permit goes back to the semaphore when `permit` is dropped).
+            if gone.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Error::new(ErrorKind::Cancelled).with_message(
+                    "the request was cancelled while it waited for a blocking slot",
+                )));
+            }
+            match permit.as_mut().poll(cx) {
+                Poll::Ready(Ok(permit)) => return Poll::Ready(Ok(Slot { _permit: permit })),
+                // The semaphore is never closed, so an acquire error cannot happen; report it
+                // as saturation rather than panicking if that ever changes.
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(self.saturated())),
+                Poll::Pending => {}
+            }
+            match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(self.saturated())),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    fn saturated(&self) -> Error {
+        Error::new(ErrorKind::Saturated).with_message(format!(
+            "all {} blocking slots busy for {:?}",
+            self.limit, self.queue_timeout
+        ))
     }
 }
 
