@@ -52,6 +52,11 @@ struct Node {
     cancelled: AtomicBool,
     parent: Option<Arc<Node>>,
     waiters: Mutex<Waiters>,
+    /// The values of the [`Context`](crate::Context) whose token this node is, kept here so a
+    /// context is one allocation. `None` when the node shares the values of the nearest
+    /// ancestor that owns some (a [`Context::child`](crate::Context::child)). An empty
+    /// `Extensions` allocates nothing, so a plain token pays only for the field.
+    values: Option<Mutex<http::Extensions>>,
 }
 
 #[derive(Default)]
@@ -75,24 +80,41 @@ impl Node {
 impl CancellationToken {
     /// A new token, not cancelled.
     pub fn new() -> CancellationToken {
-        CancellationToken {
-            node: Arc::new(Node {
-                cancelled: AtomicBool::new(false),
-                parent: None,
-                waiters: Mutex::new(Waiters::default()),
-            }),
-        }
+        CancellationToken::with_node(None, Some(Mutex::default()))
     }
 
     /// A token that is cancelled when `self` is, and can be cancelled alone.
     pub fn child(&self) -> CancellationToken {
+        CancellationToken::with_node(Some(self.node.clone()), Some(Mutex::default()))
+    }
+
+    /// Like [`child`](Self::child), but the child shares this token's context values instead
+    /// of owning its own: the token of a [`Context::child`](crate::Context::child).
+    pub(crate) fn child_sharing_values(&self) -> CancellationToken {
+        CancellationToken::with_node(Some(self.node.clone()), None)
+    }
+
+    fn with_node(
+        parent: Option<Arc<Node>>,
+        values: Option<Mutex<http::Extensions>>,
+    ) -> CancellationToken {
         CancellationToken {
             node: Arc::new(Node {
                 cancelled: AtomicBool::new(false),
-                parent: Some(self.node.clone()),
+                parent,
                 waiters: Mutex::new(Waiters::default()),
+                values,
             }),
         }
+    }
+
+    /// The context values this token carries: its own, or those of the nearest ancestor that
+    /// owns some. Two tokens return the same `Mutex` exactly when their contexts share values.
+    pub(crate) fn values(&self) -> &Mutex<http::Extensions> {
+        self.node
+            .ancestors()
+            .find_map(|n| n.values.as_ref())
+            .expect("a node without a parent owns values: only child_sharing_values makes one that does not")
     }
 
     /// Flips the token (and so every child) to cancelled and wakes everyone waiting.

@@ -4,48 +4,16 @@ use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
 
 use crate::CancellationToken;
 
-/// A typed map shared by clones, the storage behind [`Context`] and [`State`](crate::State).
-#[derive(Clone, Default)]
-pub(crate) struct TypedMap(Arc<Mutex<http::Extensions>>);
-
-impl TypedMap {
-    fn lock(&self) -> MutexGuard<'_, http::Extensions> {
-        // Every operation on the map is a single insert/get/remove, so a panic elsewhere while
-        // the lock was held cannot have left it half-updated.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn insert<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
-        self.lock().insert(value)
-    }
-
-    pub(crate) fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.lock().get::<T>().cloned()
-    }
-
-    pub(crate) fn remove<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.lock().remove::<T>()
-    }
-
-    pub(crate) fn get_or_insert_with<T: Clone + Send + Sync + 'static>(
-        &self,
-        f: impl FnOnce() -> T,
-    ) -> T {
-        self.lock().get_or_insert_with(f).clone()
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub(crate) fn ptr_eq(&self, other: &TypedMap) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
+/// Locks a map of context or state values.
+pub(crate) fn lock_values(values: &Mutex<http::Extensions>) -> MutexGuard<'_, http::Extensions> {
+    // Every operation on the map is a single insert/get/remove, so a panic elsewhere while
+    // the lock was held cannot have left it half-updated.
+    values.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The request context: values that belong to one request, wherever its work runs.
@@ -78,7 +46,8 @@ impl TypedMap {
 /// ```
 #[derive(Clone, Default)]
 pub struct Context {
-    map: TypedMap,
+    // The values live in the token's node, so a context is a single allocation and a single
+    // reference count: see `CancellationToken::values`.
     token: CancellationToken,
 }
 
@@ -92,29 +61,33 @@ impl Context {
         Context::default()
     }
 
+    fn values(&self) -> MutexGuard<'_, http::Extensions> {
+        lock_values(self.token.values())
+    }
+
     /// Stores `value`, returning the value of the same type it replaced.
     pub fn insert<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
-        self.map.insert(value)
+        self.values().insert(value)
     }
 
     /// A clone of the value of type `T`, if one is set.
     pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.map.get()
+        self.values().get::<T>().cloned()
     }
 
     /// Removes and returns the value of type `T`.
     pub fn remove<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.map.remove()
+        self.values().remove::<T>()
     }
 
     /// The value of type `T`, inserting `f()` first if there is none.
     pub fn get_or_insert_with<T: Clone + Send + Sync + 'static>(&self, f: impl FnOnce() -> T) -> T {
-        self.map.get_or_insert_with(f)
+        self.values().get_or_insert_with(f).clone()
     }
 
     /// The number of values stored.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.values().len()
     }
 
     /// Whether no values are stored.
@@ -132,14 +105,13 @@ impl Context {
     /// The adapter crates give each crossing a child context.
     pub fn child(&self) -> Context {
         Context {
-            map: self.map.clone(),
-            token: self.token.child(),
+            token: self.token.child_sharing_values(),
         }
     }
 
     /// Whether two contexts share one map of values.
     pub fn shares_values_with(&self, other: &Context) -> bool {
-        self.map.ptr_eq(&other.map)
+        std::ptr::eq(self.token.values(), other.token.values())
     }
 
     /// The context current on this thread, if any.
@@ -237,6 +209,20 @@ mod tests {
         assert!(ctx.child().token().is_cancelled());
         assert!(ctx.shares_values_with(&child));
         assert!(!ctx.shares_values_with(&Context::new()));
+    }
+
+    #[test]
+    fn a_child_keeps_the_values_after_its_parent_is_dropped() {
+        let grandchild = {
+            let ctx = Context::new();
+            ctx.insert(Tag("request"));
+            ctx.child().child()
+        };
+        assert_eq!(grandchild.get::<Tag>(), Some(Tag("request")));
+        assert_eq!(grandchild.len(), 1);
+        // A plain child token is a new token, not a context: a context made from scratch
+        // next to it shares nothing with the grandchild.
+        assert!(!grandchild.shares_values_with(&Context::new()));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Lifespan state: values set at startup and seen by every request.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::context::TypedMap;
+use crate::context::lock_values;
 
 /// App-wide state, set by handlers during lifespan startup and shared into every request
 /// scope (ASGI's `state`).
@@ -24,7 +25,7 @@ use crate::context::TypedMap;
 /// assert_eq!(per_request.get::<DbUrl>().unwrap().0, "postgres://localhost/app");
 /// ```
 #[derive(Clone, Default)]
-pub struct State(TypedMap);
+pub struct State(Arc<Mutex<http::Extensions>>);
 
 impl State {
     /// Empty state.
@@ -32,31 +33,35 @@ impl State {
         State::default()
     }
 
+    fn values(&self) -> MutexGuard<'_, http::Extensions> {
+        lock_values(&self.0)
+    }
+
     /// Stores `value`, returning the value of the same type it replaced.
     pub fn insert<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
-        self.0.insert(value)
+        self.values().insert(value)
     }
 
     /// A clone of the value of type `T`, if one is set.
     pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.0.get()
+        self.values().get::<T>().cloned()
     }
 
     /// Removes and returns the value of type `T`.
     pub fn remove<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.0.remove()
+        self.values().remove::<T>()
     }
 
     /// The value of type `T`, inserting `f()` first if there is none.
     pub fn get_or_insert_with<T: Clone + Send + Sync + 'static>(&self, f: impl FnOnce() -> T) -> T {
-        self.0.get_or_insert_with(f)
+        self.values().get_or_insert_with(f).clone()
     }
 }
 
 impl fmt::Debug for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("State")
-            .field("values", &self.0.len())
+            .field("values", &self.values().len())
             .finish()
     }
 }
