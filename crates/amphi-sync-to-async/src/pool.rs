@@ -74,6 +74,12 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Waiting for a slot uses `tokio::time`, so the runtime needs its timer enabled
 /// (`enable_time`/`enable_all`, which `#[tokio::main]` does) when the pool is full.
 ///
+/// At shutdown the runtime drops every task, so the calls still queued then are skipped as
+/// their turn comes (see above: their callers are gone), even though tokio lets a blocking
+/// thread that comes back from a long call run the blocking work it finds queued. A call
+/// already running keeps its thread until it returns: dropping the runtime waits for it,
+/// `shutdown_timeout` waits up to its timeout.
+///
 /// # Examples
 ///
 /// ```
