@@ -9,8 +9,10 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use amphi_core::{CancellationToken, DropGuard, Error, ErrorKind};
 use bytes::Bytes;
@@ -19,6 +21,12 @@ use bytes::Bytes;
 pub(crate) const BODY_CAPACITY: usize = 4;
 /// Response pieces buffered ahead of the connection.
 pub(crate) const OUT_CAPACITY: usize = 4;
+
+/// How long the blocking side looks for the next body chunk, or for room in the response
+/// queue, before it sleeps on a condition variable. A body streaming in from a fast client,
+/// or a connection taking a streamed response as fast as it comes, is a few microseconds
+/// behind; sleeping for it costs a `futex` call on each side and a context switch.
+const LOOK: Duration = Duration::from_micros(50);
 
 /// A response piece on its way from the blocking side to the async side.
 pub(crate) enum Out {
@@ -38,6 +46,10 @@ pub(crate) enum Outcome {
 
 pub(crate) struct Exchange {
     state: Mutex<State>,
+    /// Bumped by the async side after each change the blocking side may wait for (a body
+    /// chunk queued, a response piece taken, the async side gone): a looking blocking side
+    /// watches it without the lock.
+    changes: AtomicU64,
     /// The blocking reader waits here for body chunks.
     body_ready: Condvar,
     /// The blocking writer waits here for room in the response queue.
@@ -73,6 +85,7 @@ impl Exchange {
     pub(crate) fn new() -> Arc<Exchange> {
         Arc::new(Exchange {
             state: Mutex::new(State::default()),
+            changes: AtomicU64::new(0),
             body_ready: Condvar::new(),
             out_room: Condvar::new(),
         })
@@ -113,6 +126,7 @@ impl Exchange {
         }
         let notify = s.body_waiter;
         drop(s);
+        self.changed();
         if notify {
             self.body_ready.notify_one();
         }
@@ -125,6 +139,7 @@ impl Exchange {
         if let Some(out) = s.out.pop_front() {
             let notify = s.out_waiter;
             drop(s);
+            self.changed();
             if notify {
                 self.out_room.notify_one();
             }
@@ -150,6 +165,7 @@ impl Exchange {
         s.waker = None;
         let (body, out) = (s.body_waiter, s.out_waiter);
         drop(s);
+        self.changed();
         if body {
             self.body_ready.notify_all();
         }
@@ -176,6 +192,16 @@ impl Exchange {
             }
             if s.async_gone || token.is_cancelled() {
                 return Some(Err(gone()));
+            }
+            let seen = self.changes.load(Ordering::Acquire);
+            drop(s);
+            let changed = self.look(seen);
+            s = self.lock();
+            if changed {
+                continue;
+            }
+            if !s.body.is_empty() || s.body_end || s.async_gone {
+                continue;
             }
             // A flipped token does not notify this condvar, so wake up now and then to look.
             s.body_waiter = true;
@@ -209,9 +235,43 @@ impl Exchange {
                 Exchange::wake(&mut s);
                 return Ok(());
             }
+            let seen = self.changes.load(Ordering::Acquire);
+            drop(s);
+            let changed = self.look(seen);
+            s = self.lock();
+            if changed || s.out.len() < OUT_CAPACITY || s.async_gone {
+                continue;
+            }
             s.out_waiter = true;
             s = self.out_room.wait(s).unwrap_or_else(|p| p.into_inner());
             s.out_waiter = false;
+        }
+    }
+
+    /// The async side changed something the blocking side may be waiting for.
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// Looks, for up to [`LOOK`] and without the lock, for a change since `seen`; whether
+    /// one came.
+    fn look(&self, seen: u64) -> bool {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if self.changes.load(Ordering::Acquire) != seen {
+                return true;
+            }
+            spins += 1;
+            if spins % 32 == 0 {
+                if start.elapsed() >= LOOK {
+                    return false;
+                }
+                // Let the runtime's workers, which bring what this side waits for, run.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 
