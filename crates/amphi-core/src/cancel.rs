@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -57,6 +57,11 @@ struct Node {
     /// ancestor that owns some (a [`Context::child`](crate::Context::child)). An empty
     /// `Extensions` allocates nothing, so a plain token pays only for the field.
     values: Option<Mutex<http::Extensions>>,
+    /// For a node that owns values: how many `Context` handles use them. The values are
+    /// dropped when the last one goes, as a context's own map would be, even while tokens
+    /// taken from the context live on (a value holding such a token would otherwise keep
+    /// itself alive).
+    contexts: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -80,23 +85,32 @@ impl Node {
 impl CancellationToken {
     /// A new token, not cancelled.
     pub fn new() -> CancellationToken {
-        CancellationToken::with_node(None, Some(Mutex::default()))
+        CancellationToken::with_node(None, Some(Mutex::default()), 0)
+    }
+
+    /// The token of a new [`Context`](crate::Context): it owns the values, used by one
+    /// context handle.
+    pub(crate) fn for_context() -> CancellationToken {
+        CancellationToken::with_node(None, Some(Mutex::default()), 1)
     }
 
     /// A token that is cancelled when `self` is, and can be cancelled alone.
     pub fn child(&self) -> CancellationToken {
-        CancellationToken::with_node(Some(self.node.clone()), Some(Mutex::default()))
+        CancellationToken::with_node(Some(self.node.clone()), Some(Mutex::default()), 0)
     }
 
     /// Like [`child`](Self::child), but the child shares this token's context values instead
     /// of owning its own: the token of a [`Context::child`](crate::Context::child).
+    /// One more context handle uses the values.
     pub(crate) fn child_sharing_values(&self) -> CancellationToken {
-        CancellationToken::with_node(Some(self.node.clone()), None)
+        self.context_cloned();
+        CancellationToken::with_node(Some(self.node.clone()), None, 0)
     }
 
     fn with_node(
         parent: Option<Arc<Node>>,
         values: Option<Mutex<http::Extensions>>,
+        contexts: usize,
     ) -> CancellationToken {
         CancellationToken {
             node: Arc::new(Node {
@@ -104,17 +118,43 @@ impl CancellationToken {
                 parent,
                 waiters: Mutex::new(Waiters::default()),
                 values,
+                contexts: AtomicUsize::new(contexts),
             }),
         }
     }
 
-    /// The context values this token carries: its own, or those of the nearest ancestor that
-    /// owns some. Two tokens return the same `Mutex` exactly when their contexts share values.
-    pub(crate) fn values(&self) -> &Mutex<http::Extensions> {
+    /// The node whose values this token carries: its own, or the nearest ancestor that owns
+    /// some.
+    fn values_node(&self) -> &Node {
         self.node
             .ancestors()
-            .find_map(|n| n.values.as_ref())
+            .find(|n| n.values.is_some())
             .expect("a node without a parent owns values: only child_sharing_values makes one that does not")
+    }
+
+    /// The context values this token carries. Two tokens return the same `Mutex` exactly
+    /// when their contexts share values.
+    pub(crate) fn values(&self) -> &Mutex<http::Extensions> {
+        self.values_node()
+            .values
+            .as_ref()
+            .expect("values_node owns values")
+    }
+
+    /// A context handle using this token's values was cloned.
+    pub(crate) fn context_cloned(&self) {
+        self.values_node().contexts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A context handle using this token's values was dropped: the last one drops them.
+    pub(crate) fn context_dropped(&self) {
+        let node = self.values_node();
+        if node.contexts.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let values = node.values.as_ref().expect("values_node owns values");
+            // Dropped after the lock is released: a value's own drop may use a context.
+            let taken = std::mem::take(&mut *crate::context::lock_values(values));
+            drop(taken);
+        }
     }
 
     /// Flips the token (and so every child) to cancelled and wakes everyone waiting.

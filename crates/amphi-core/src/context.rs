@@ -44,11 +44,34 @@ pub(crate) fn lock_values(values: &Mutex<http::Extensions>) -> MutexGuard<'_, ht
 /// let seen = Context::current().and_then(|c| c.get::<UserId>());
 /// assert_eq!(seen, Some(UserId(7)));
 /// ```
-#[derive(Clone, Default)]
 pub struct Context {
-    // The values live in the token's node, so a context is a single allocation and a single
-    // reference count: see `CancellationToken::values`.
+    // The values live in the token's node, so a context is a single allocation: see
+    // `CancellationToken::values`. The node counts the context handles that use them, and
+    // the last one to go drops them (tokens taken from the context do not keep them).
     token: CancellationToken,
+}
+
+impl Default for Context {
+    fn default() -> Context {
+        Context {
+            token: CancellationToken::for_context(),
+        }
+    }
+}
+
+impl Clone for Context {
+    fn clone(&self) -> Context {
+        self.token.context_cloned();
+        Context {
+            token: self.token.clone(),
+        }
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        self.token.context_dropped();
+    }
 }
 
 thread_local! {

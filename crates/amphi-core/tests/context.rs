@@ -294,3 +294,71 @@ fn scope_is_not_current_between_polls() {
     assert_eq!(current_tag(), None);
     assert!(format!("{fut:?}").contains("Scoped"));
 }
+
+/// Sets its flag when dropped.
+#[derive(Clone)]
+struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn drop_flag() -> (std::sync::Arc<std::sync::atomic::AtomicBool>, DropFlag) {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    (flag.clone(), DropFlag(flag))
+}
+
+/// A value that holds a token of the context it is stored in.
+#[derive(Clone)]
+struct Held(#[allow(dead_code)] amphi_core::CancellationToken);
+
+#[test]
+fn values_go_with_the_last_context_not_with_the_last_token() {
+    // A token taken from the context outlives it (blocking code keeping
+    // `req.cancellation()`): the values still go with the last context.
+    let (dropped, flag) = drop_flag();
+    let ctx = Context::new();
+    ctx.insert(flag);
+    let kept_token = ctx.token().clone();
+    let clone = ctx.clone();
+    drop(ctx);
+    assert!(
+        !dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "a clone still uses them"
+    );
+    drop(clone);
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "the values outlived every context"
+    );
+    assert!(!kept_token.is_cancelled());
+
+    // A value holding the context's own token (or a child of it) is no reference cycle.
+    let (dropped, flag) = drop_flag();
+    let ctx = Context::new();
+    ctx.insert(flag);
+    ctx.insert(Held(ctx.token().child()));
+    drop(ctx);
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "a value holding the context's token kept the values alive"
+    );
+}
+
+#[test]
+fn a_child_context_keeps_the_values_after_its_parent_goes() {
+    let (dropped, flag) = drop_flag();
+    let parent = Context::new();
+    parent.insert(flag);
+    parent.insert(Tag("from the parent"));
+    let child = parent.child();
+    let grandchild = child.child();
+    drop(parent);
+    drop(child);
+    assert_eq!(grandchild.get::<Tag>(), Some(Tag("from the parent")));
+    assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+    drop(grandchild);
+    assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+}

@@ -36,9 +36,10 @@ pub trait SharedEventSource: Send + Sync + 'static {
     /// Polls for the next event; as [`EventSource::poll_event`].
     fn poll_event(&self, cx: &mut TaskContext<'_>) -> Poll<Result<Event, Error>>;
 
-    /// Called once, when the [`Receiver`] is dropped: nothing will read from it again, so
-    /// whatever it reads from (a request body, say) can be let go now rather than when the
-    /// last owner drops. Does nothing unless implemented.
+    /// Called when a [`Receiver`] built over this source is dropped: nothing will read
+    /// through it again, so whatever it reads from (a request body, say) can be let go now
+    /// rather than when the last owner drops. Build one receiver per source: each one's drop
+    /// calls this. Does nothing unless implemented.
     fn release(&self) {}
 }
 
