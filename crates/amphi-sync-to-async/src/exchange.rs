@@ -12,7 +12,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amphi_core::{CancellationToken, DropGuard, Error, ErrorKind};
 use bytes::Bytes;
@@ -256,23 +256,7 @@ impl Exchange {
     /// Looks, for up to [`LOOK`] and without the lock, for a change since `seen`; whether
     /// one came.
     fn look(&self, seen: u64) -> bool {
-        let start = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            if self.changes.load(Ordering::Acquire) != seen {
-                return true;
-            }
-            spins += 1;
-            if spins % 32 == 0 {
-                if start.elapsed() >= LOOK {
-                    return false;
-                }
-                // Let the runtime's workers, which bring what this side waits for, run.
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+        crate::lane::look_for(LOOK, || self.changes.load(Ordering::Acquire) != seen)
     }
 
     /// Records how the blocking side ended and wakes the async side.

@@ -100,22 +100,28 @@ impl Lane {
 
     /// Waits up to [`LOOK`] for the queue to hold a piece; whether it does.
     fn look(&self) -> bool {
-        let start = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            if self.queued.load(Ordering::Acquire) > 0 {
-                return true;
+        look_for(LOOK, || self.queued.load(Ordering::Acquire) > 0)
+    }
+}
+
+/// Spins, for up to `how_long`, until `found()` holds; whether it did. Every 32 spins it reads
+/// the clock and yields, to let a runnable thread (the runtime's workers, which bring what a
+/// blocking thread waits for) have the core meanwhile.
+pub(crate) fn look_for(how_long: Duration, mut found: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        if found() {
+            return true;
+        }
+        spins += 1;
+        if spins % 32 == 0 {
+            if start.elapsed() >= how_long {
+                return false;
             }
-            spins += 1;
-            if spins % 32 == 0 {
-                if start.elapsed() >= LOOK {
-                    return false;
-                }
-                // Let a runnable thread (the runtime's workers) have the core meanwhile.
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
         }
     }
 }
