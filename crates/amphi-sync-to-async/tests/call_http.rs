@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 mod support;
-use support::{report, run, scope, settle, BOUND};
+use support::{gate_reply, report, run, scope, settle, BOUND};
 
 /// The next data frame of `body`, `None` at its end; fails the test if none comes in time.
 async fn next_data(body: &mut HttpBody) -> Option<Result<Bytes, Error>> {
@@ -537,11 +537,7 @@ impl Gated {
             if req.path() == "/block" {
                 started_tx.send(()).unwrap();
                 let released = g.wait_timeout(BOUND);
-                http::Response::new(SyncBody::from(if released {
-                    "released"
-                } else {
-                    "the gate never opened"
-                }))
+                gate_reply(released)
             } else {
                 r.fetch_add(1, Ordering::SeqCst);
                 http::Response::new(SyncBody::from(req.path().to_owned()))

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 mod support;
-use support::{report, run, scope, settle, BOUND};
+use support::{gate_reply, report, run, scope, settle, BOUND};
 
 /// How long a blocked handler waits for its gate: longer than [`BOUND`], so a request that
 /// wrongly waits behind a blocked one makes the test fail on `BOUND` instead of being let
@@ -52,11 +52,7 @@ fn gated(
             let gate = req.context().get::<Gate>().map_or(gate.clone(), |g| g.0);
             started.send(path).unwrap();
             let released = gate.wait_timeout(GATE_BOUND);
-            http::Response::new(SyncBody::from(if released {
-                "released"
-            } else {
-                "the gate never opened"
-            }))
+            gate_reply(released)
         } else {
             http::Response::new(SyncBody::from(path))
         }

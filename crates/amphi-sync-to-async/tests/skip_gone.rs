@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 mod support;
-use support::{report, run, scope, settle, BOUND};
+use support::{gate_reply, report, run, scope, settle, BOUND};
 
 /// How long the blocked request waits for its gate: longer than [`BOUND`], so a test that
 /// goes wrong fails on `BOUND` rather than being let through by the gate's own timeout.
@@ -67,11 +67,7 @@ fn probe() -> (ProbeFn, Probe) {
         if path == "/block" {
             started_tx.send(path).unwrap();
             let released = g.wait_timeout(GATE_BOUND);
-            http::Response::new(SyncBody::from(if released {
-                "released"
-            } else {
-                "the gate never opened"
-            }))
+            gate_reply(released)
         } else {
             r.push(&path);
             http::Response::new(SyncBody::from(path))

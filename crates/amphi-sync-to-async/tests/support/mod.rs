@@ -59,3 +59,13 @@ pub(crate) async fn report<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
         .expect("the handler reported in time")
         .expect("the handler's channel is open")
 }
+
+/// What a gated test handler answers: whether its gate was opened within the bound, so a test
+/// that never opens it fails on the body instead of hanging.
+pub(crate) fn gate_reply(released: bool) -> http::Response<amphi_core::SyncBody> {
+    http::Response::new(amphi_core::SyncBody::from(if released {
+        "released"
+    } else {
+        "the gate never opened"
+    }))
+}
