@@ -118,7 +118,17 @@ impl Verdict {
     }
 }
 
-/// The targets, judged on this run.
+/// "; per round 0.91, 0.85, 0.75" when the run had more than one round, else nothing.
+fn per_round(ratios: &[f64]) -> String {
+    if ratios.len() < 2 {
+        return String::new();
+    }
+    let list: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+    format!("; per round {}", list.join(", "))
+}
+
+/// The targets, judged on this run (on each cell's median round; the per-round ratios
+/// are given beside it).
 pub fn targets(r: &Results) -> Vec<(String, String, Verdict)> {
     let rps = |case: Case, t: &str| r.cell(case, t).and_then(Result::ok).map(|x| x.rps);
     let mut out = Vec::new();
@@ -131,10 +141,11 @@ pub fn targets(r: &Results) -> Vec<(String, String, Verdict)> {
         (Some(h), Some(a)) => (
             "amphi async hello ≥ 0.95 × raw hyper (HTTP/1.1)".to_owned(),
             format!(
-                "{:.2} × ({} vs {} req/s)",
+                "{:.2} × ({} vs {} req/s){}",
                 a / h,
                 thousands(a),
-                thousands(h)
+                thousands(h),
+                per_round(&r.round_ratios(Case::H1Hello, "amphi-async", "hyper"))
             ),
             if a >= 0.95 * h {
                 Verdict::Met
@@ -155,7 +166,11 @@ pub fn targets(r: &Results) -> Vec<(String, String, Verdict)> {
     if let (Some(h), Some(a)) = (h2h, h2a) {
         out.push((
             "amphi async hello ≥ 0.95 × raw hyper (HTTP/2, same target)".to_owned(),
-            format!("{:.2} ×", a / h),
+            format!(
+                "{:.2} ×{}",
+                a / h,
+                per_round(&r.round_ratios(Case::H2Hello, "amphi-async", "hyper"))
+            ),
             if a >= 0.95 * h {
                 Verdict::Met
             } else {
@@ -177,10 +192,11 @@ pub fn targets(r: &Results) -> Vec<(String, String, Verdict)> {
             (Some(a), Some(p)) => (
                 format!("amphi sync hello {label} (HTTP/1.1)"),
                 format!(
-                    "{:.2} × ({} vs {} req/s)",
+                    "{:.2} × ({} vs {} req/s){}",
                     a / p,
                     thousands(a),
-                    thousands(p)
+                    thousands(p),
+                    per_round(&r.round_ratios(Case::H1Hello, "amphi-sync", peer))
                 ),
                 if a >= factor * p {
                     Verdict::Met
@@ -442,5 +458,10 @@ mod tests {
         assert_eq!(thousands(999.0), "999");
         assert_eq!(dur(512.0), "512 µs");
         assert_eq!(dur(1530.0), "1.53 ms");
+        assert_eq!(per_round(&[0.9]), "");
+        assert_eq!(
+            per_round(&[0.911, 0.85, 0.754]),
+            "; per round 0.91, 0.85, 0.75"
+        );
     }
 }

@@ -230,6 +230,25 @@ impl Results {
         ok.sort_by(|a, b| a.rps.total_cmp(&b.rps));
         Some(Ok(ok[ok.len() / 2]))
     }
+
+    /// `a`'s requests/s over `b`'s, round by round: each round runs every server once, so
+    /// these ratios compare servers measured minutes apart at most. Rounds in which either
+    /// failed are left out.
+    pub fn round_ratios(&self, case: Case, a: &str, b: &str) -> Vec<f64> {
+        let (Some(ra), Some(rb)) = (
+            self.cases.get(&(case, a.to_owned())),
+            self.cases.get(&(case, b.to_owned())),
+        ) else {
+            return Vec::new();
+        };
+        ra.iter()
+            .zip(rb)
+            .filter_map(|(x, y)| match (x, y) {
+                (Ok(x), Ok(y)) if y.rps > 0.0 => Some(x.rps / y.rps),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 pub fn run(opts: Options) -> Result<(), String> {
@@ -694,5 +713,55 @@ impl Drop for Server {
         let _ = self.child.wait();
         // Let the port's sockets and the kernel settle before the next server starts.
         std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(rps: f64) -> Result<LoadResult, String> {
+        Ok(LoadResult {
+            requests: rps as u64 * 5,
+            rps,
+            p50_us: 100.0,
+            p99_us: 200.0,
+            errors: 0,
+            cpu_us_per_req: None,
+        })
+    }
+
+    #[test]
+    fn ratios_pair_the_servers_round_by_round_and_skip_failed_rounds() {
+        let mut cases = BTreeMap::new();
+        cases.insert(
+            (Case::H1Hello, "a".to_owned()),
+            vec![
+                rate(90.0),
+                rate(80.0),
+                Err("wrk failed".to_owned()),
+                rate(50.0),
+            ],
+        );
+        cases.insert(
+            (Case::H1Hello, "b".to_owned()),
+            vec![rate(100.0), rate(100.0), rate(100.0), rate(200.0)],
+        );
+        let r = Results {
+            targets: Vec::new(),
+            cases,
+            isolation: None,
+            memory: Vec::new(),
+            options: String::new(),
+            skipped: Vec::new(),
+            amphi: String::new(),
+        };
+        assert_eq!(
+            r.round_ratios(Case::H1Hello, "a", "b"),
+            vec![0.9, 0.8, 0.25]
+        );
+        assert!(r.round_ratios(Case::H2Hello, "a", "b").is_empty());
+        // The median round of a cell is the middle of its successful rounds.
+        assert_eq!(r.cell(Case::H1Hello, "a").unwrap().unwrap().rps, 80.0);
     }
 }
