@@ -36,6 +36,9 @@ const OUT_CAPACITY: usize = 4;
 /// - after the body, `receive` waits and then yields `http.disconnect` once the response is
 ///   complete or the request is cancelled.
 ///
+/// Response trailers (`http.response.trailers`) are dropped, with a debug line: a blocking
+/// response body, like WSGI's, has no place for them. The body before them arrives whole.
+///
 /// # Errors
 ///
 /// A handler error before its response started becomes an empty response: 503 with
@@ -438,6 +441,12 @@ impl Iterator for Chunks {
                     }
                 }
                 // Trailers have no place in a blocking response body; they are dropped.
+                Some(Message::ResponseTrailers { headers, .. }) => {
+                    tracing::debug!(
+                        trailers = headers.len(),
+                        "response trailers dropped: a blocking response body has no place for them"
+                    );
+                }
                 Some(_) => {}
                 None => match self.driver.result.take() {
                     Some(Err(e)) => {

@@ -261,3 +261,32 @@ fn a_per_request_thread_sensitive_handler_in_the_sandwich_runs_on_the_callers_th
         format!("{:?}", std::thread::current().id()).into_bytes()
     );
 }
+
+#[test]
+fn a_response_with_trailers_arrives_whole_without_them() {
+    let with_trailers = AsyncToSync::new(asgi_fn(|scope, _receive, mut send| async move {
+        let Scope::Http(_) = scope else {
+            return Ok(());
+        };
+        send.send(Message::ResponseStart {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            trailers: true,
+        })
+        .await?;
+        send.send(Message::body("first ", true)).await?;
+        send.send(Message::body("last", false)).await?;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+        send.send(Message::ResponseTrailers {
+            headers: trailers,
+            more_trailers: false,
+        })
+        .await
+    }));
+    let resp = with_trailers.call(SyncRequest::new(
+        http::Request::get("/").body(BlockingBody::empty()).unwrap(),
+    ));
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.into_body().collect().unwrap(), "first last");
+}
