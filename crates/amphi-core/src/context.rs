@@ -185,7 +185,10 @@ pub struct EnterGuard {
 impl Drop for EnterGuard {
     fn drop(&mut self) {
         let previous = self.previous.take();
-        CURRENT.with(|c| *c.borrow_mut() = previous);
+        // Dropped after the borrow ends: if it is the last handle to its context, its values
+        // go now, and a value's own drop may use the current context.
+        let left = CURRENT.with(|c| c.replace(previous));
+        drop(left);
     }
 }
 

@@ -362,3 +362,36 @@ fn a_child_context_keeps_the_values_after_its_parent_goes() {
     drop(grandchild);
     assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
 }
+
+/// Looks at the current context when dropped, as a value whose drop logs would.
+#[derive(Clone)]
+struct LooksAtCurrent(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for LooksAtCurrent {
+    fn drop(&mut self) {
+        let outer = Context::current().and_then(|c| c.get::<Tag>());
+        self.0.store(
+            outer == Some(Tag("outer")),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+}
+
+#[test]
+fn a_value_dropped_by_the_last_entered_context_may_use_the_current_context() {
+    // The guard holds the only handle to `inner`: restoring `outer` drops it, and with it
+    // its values, whose drop reads the thread's current context.
+    let outer = tagged("outer");
+    let _outer = outer.enter();
+    let saw_outer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let guard = {
+        let inner = Context::new();
+        inner.insert(LooksAtCurrent(saw_outer.clone()));
+        inner.enter()
+    };
+    drop(guard);
+    assert!(
+        saw_outer.load(std::sync::atomic::Ordering::SeqCst),
+        "the value's drop did not see the restored context"
+    );
+}
