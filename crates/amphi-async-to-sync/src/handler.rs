@@ -268,7 +268,17 @@ impl MessageSink for Sink {
             Message::ResponseTrailers { more_trailers, .. } => !more_trailers,
             _ => false,
         };
-        s.out.push_back(message);
+        // Trailers have no place in a blocking response body, so they are dropped here, as
+        // they are sent: they follow the last body message, after which the blocking side
+        // takes nothing more from the queue.
+        if let Message::ResponseTrailers { headers, .. } = &message {
+            tracing::debug!(
+                trailers = headers.len(),
+                "response trailers dropped: a blocking response body has no place for them"
+            );
+        } else {
+            s.out.push_back(message);
+        }
         if last {
             s.response_done = true;
             if let Some(w) = s.receive_waker.take() {
@@ -440,13 +450,7 @@ impl Iterator for Chunks {
                         return Some(Ok(body));
                     }
                 }
-                // Trailers have no place in a blocking response body; they are dropped.
-                Some(Message::ResponseTrailers { headers, .. }) => {
-                    tracing::debug!(
-                        trailers = headers.len(),
-                        "response trailers dropped: a blocking response body has no place for them"
-                    );
-                }
+                // Trailers never get here: `Sink::start_send` drops them.
                 Some(_) => {}
                 None => match self.driver.result.take() {
                     Some(Err(e)) => {

@@ -284,9 +284,39 @@ fn a_response_with_trailers_arrives_whole_without_them() {
         })
         .await
     }));
-    let resp = with_trailers.call(SyncRequest::new(
-        http::Request::get("/").body(BlockingBody::empty()).unwrap(),
-    ));
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.into_body().collect().unwrap(), "first last");
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The handler runs on this thread, driven by the call and the body's reads.
+    tracing::subscriber::with_default(subscriber, || {
+        let resp = with_trailers.call(SyncRequest::new(
+            http::Request::get("/").body(BlockingBody::empty()).unwrap(),
+        ));
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.into_body().collect().unwrap(), "first last");
+    });
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("response trailers dropped") && log.contains("trailers=1"),
+        "no debug line for the dropped trailers: {log:?}"
+    );
+}
+
+/// A log writer that keeps what it is given.
+#[derive(Clone, Default)]
+struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
