@@ -51,7 +51,9 @@ const OUT_CAPACITY: usize = 4;
 /// The handler runs with a child of the request context; when the server drops the response
 /// body early (the client went away), the handler's future is dropped and that child's token
 /// flips. When the request's own token flips, the handler sees it and gets `http.disconnect`
-/// from `receive`.
+/// from `receive`. The response body ends with the handler's last body message, and the
+/// server then drops it: work the handler does after that message (cleanup, or an await
+/// before trailers) may be cancelled at its next await, so do it before the last body.
 ///
 /// # Examples
 ///

@@ -53,8 +53,15 @@ impl State {
     }
 
     /// The value of type `T`, inserting `f()` first if there is none.
+    ///
+    /// `f` runs without the state's lock held, so it may read this state itself; if another
+    /// thread stored a `T` meanwhile, that value is kept and returned, and `f`'s is dropped.
     pub fn get_or_insert_with<T: Clone + Send + Sync + 'static>(&self, f: impl FnOnce() -> T) -> T {
-        self.values().get_or_insert_with(f).clone()
+        if let Some(value) = self.get::<T>() {
+            return value;
+        }
+        let value = f();
+        self.values().get_or_insert_with(|| value).clone()
     }
 }
 
