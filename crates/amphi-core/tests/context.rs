@@ -396,29 +396,35 @@ fn a_value_dropped_by_the_last_entered_context_may_use_the_current_context() {
     );
 }
 
+/// Runs `f` on a thread of its own and returns what it returns, failing the test if it has
+/// not returned within 30 s (a deadlock), rather than hanging.
+fn without_deadlock<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done_tx, done) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let _ = done_tx.send(f());
+    });
+    let out = done
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{what} deadlocked"));
+    worker.join().unwrap();
+    out
+}
+
 #[test]
 fn get_or_insert_with_may_read_the_context_it_fills() {
     // `f` used to run under the values' lock: reading the same context from it deadlocked.
     let ctx = Context::new();
     ctx.insert(Count(2));
-    let (done_tx, done) = mpsc::channel();
-    let worker = {
-        let ctx = ctx.clone();
-        thread::spawn(move || {
-            let tag = ctx.get_or_insert_with(|| {
-                if ctx.get::<Count>() == Some(Count(2)) {
-                    Tag("two")
-                } else {
-                    Tag("other")
-                }
-            });
-            let _ = done_tx.send(tag);
+    let c = ctx.clone();
+    let tag = without_deadlock("Context::get_or_insert_with", move || {
+        c.get_or_insert_with(|| {
+            Tag(if c.get::<Count>() == Some(Count(2)) {
+                "two"
+            } else {
+                "other"
+            })
         })
-    };
-    let tag = done
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("get_or_insert_with deadlocked on its own context");
-    worker.join().unwrap();
+    });
     assert_eq!(tag, Tag("two"));
     assert_eq!(ctx.get_or_insert_with(|| Tag("not called")), Tag("two"));
 }
@@ -427,23 +433,15 @@ fn get_or_insert_with_may_read_the_context_it_fills() {
 fn state_get_or_insert_with_may_read_the_state_it_fills() {
     let state = amphi_core::State::new();
     state.insert(Count(3));
-    let (done_tx, done) = mpsc::channel();
-    let worker = {
-        let state = state.clone();
-        thread::spawn(move || {
-            let count = state.get_or_insert_with(|| {
-                Tag(if state.get::<Count>().is_some() {
-                    "counted"
-                } else {
-                    "empty"
-                })
-            });
-            let _ = done_tx.send(count);
+    let s = state.clone();
+    let tag = without_deadlock("State::get_or_insert_with", move || {
+        s.get_or_insert_with(|| {
+            Tag(if s.get::<Count>().is_some() {
+                "counted"
+            } else {
+                "empty"
+            })
         })
-    };
-    let tag = done
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("get_or_insert_with deadlocked on its own state");
-    worker.join().unwrap();
+    });
     assert_eq!(tag, Tag("counted"));
 }
