@@ -23,7 +23,8 @@ use amphi_core::{
     SyncHandler, SyncRequest, ThreadSensitive,
 };
 use amphi_sync_to_async::{sync_to_async, BlockingPool, SyncToAsync};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -50,6 +51,27 @@ fn report_ratio(name: &str) {
         "{name}: ratio to baseline: {median:.3} (median of {} block pairs)",
         ratios.len()
     );
+}
+
+/// Benchmarks `call` as `name` in `g`, timed in blocks that alternate with blocks of
+/// `baseline`, and prints the median ratio of the pairs (the baseline itself is benchmarked
+/// against itself, so its ratio shows the noise).
+fn against<F, Fut, G, Gut>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    mut call: F,
+    mut baseline: G,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+    G: FnMut() -> Gut,
+    Gut: std::future::Future<Output = ()>,
+{
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| timed(rt, iters, &mut call, &mut baseline))
+    });
+    report_ratio(name);
 }
 
 /// Times `iters` calls of `call`, in blocks that alternate with blocks of `other`; records
@@ -104,54 +126,45 @@ fn round_trip(c: &mut Criterion) {
         );
     };
     let mut g = c.benchmark_group("sync_to_async");
-    g.bench_function("baseline: spawn_blocking(f).await", |b| {
-        b.iter_custom(|iters| timed(&rt, iters, baseline, baseline))
-    });
-    report_ratio("baseline: spawn_blocking(f).await");
-    g.bench_function("sync_to_async(f).await", |b| {
-        b.iter_custom(|iters| {
-            timed(
-                &rt,
-                iters,
-                || async {
-                    black_box(sync_to_async(|| black_box(1u64)).await.unwrap());
-                },
-                baseline,
-            )
-        })
-    });
-    report_ratio("sync_to_async(f).await");
-    g.bench_function("sync_to_async(f).pool(&pool).await", |b| {
-        b.iter_custom(|iters| {
-            timed(
-                &rt,
-                iters,
-                || async {
-                    black_box(sync_to_async(|| black_box(1u64)).pool(&pool).await.unwrap());
-                },
-                baseline,
-            )
-        })
-    });
-    report_ratio("sync_to_async(f).pool(&pool).await");
-    g.bench_function("sync_to_async(f).thread_sensitive(&ts).await", |b| {
-        b.iter_custom(|iters| {
-            timed(
-                &rt,
-                iters,
-                || async {
-                    black_box(
-                        sync_to_async(|| black_box(1u64))
-                            .thread_sensitive(&ts)
-                            .await
-                            .unwrap(),
-                    );
-                },
-                baseline,
-            )
-        })
-    });
-    report_ratio("sync_to_async(f).thread_sensitive(&ts).await");
+    against(
+        &mut g,
+        &rt,
+        "baseline: spawn_blocking(f).await",
+        baseline,
+        baseline,
+    );
+    against(
+        &mut g,
+        &rt,
+        "sync_to_async(f).await",
+        || async {
+            black_box(sync_to_async(|| black_box(1u64)).await.unwrap());
+        },
+        baseline,
+    );
+    against(
+        &mut g,
+        &rt,
+        "sync_to_async(f).pool(&pool).await",
+        || async {
+            black_box(sync_to_async(|| black_box(1u64)).pool(&pool).await.unwrap());
+        },
+        baseline,
+    );
+    against(
+        &mut g,
+        &rt,
+        "sync_to_async(f).thread_sensitive(&ts).await",
+        || async {
+            black_box(
+                sync_to_async(|| black_box(1u64))
+                    .thread_sensitive(&ts)
+                    .await
+                    .unwrap(),
+            );
+        },
+        baseline,
+    );
     g.finish();
 }
 
@@ -196,27 +209,25 @@ fn handler(c: &mut Criterion) {
         }
     };
     let mut g = c.benchmark_group("sync handler, one request through testing::call");
-    g.bench_function(
+    against(
+        &mut g,
+        &rt,
         "baseline: async handler doing spawn_blocking by hand",
-        |b| b.iter_custom(|iters| timed(&rt, iters, baseline, baseline)),
+        baseline,
+        baseline,
     );
-    report_ratio("baseline: async handler doing spawn_blocking by hand");
-    g.bench_function("SyncToAsync(handler) with a pool", |b| {
-        b.iter_custom(|iters| {
-            timed(
-                &rt,
-                iters,
-                || {
-                    let adapted = adapted.clone();
-                    async move {
-                        black_box(testing::call(&adapted, request()).await.unwrap());
-                    }
-                },
-                baseline,
-            )
-        })
-    });
-    report_ratio("SyncToAsync(handler) with a pool");
+    against(
+        &mut g,
+        &rt,
+        "SyncToAsync(handler) with a pool",
+        || {
+            let adapted = adapted.clone();
+            async move {
+                black_box(testing::call(&adapted, request()).await.unwrap());
+            }
+        },
+        baseline,
+    );
     g.finish();
 
     // What a server does with a request whose body it holds: the handler's response back,
@@ -239,30 +250,29 @@ fn handler(c: &mut Criterion) {
         }
     };
     let mut g = c.benchmark_group("sync handler, one request with its body in hand");
-    g.bench_function("baseline: spawn_blocking(handler.call(req))", |b| {
-        b.iter_custom(|iters| timed(&rt, iters, direct_baseline, direct_baseline))
-    });
-    report_ratio("baseline: spawn_blocking(handler.call(req))");
-    g.bench_function("SyncToAsync(handler).call_http with a pool", |b| {
-        b.iter_custom(|iters| {
-            timed(
-                &rt,
-                iters,
-                || {
-                    let adapted = adapted.clone();
-                    async move {
-                        let resp = adapted
-                            .call_http(scope(), BlockingBody::empty())
-                            .await
-                            .unwrap();
-                        black_box(resp.into_body().into_full().ok());
-                    }
-                },
-                direct_baseline,
-            )
-        })
-    });
-    report_ratio("SyncToAsync(handler).call_http with a pool");
+    against(
+        &mut g,
+        &rt,
+        "baseline: spawn_blocking(handler.call(req))",
+        direct_baseline,
+        direct_baseline,
+    );
+    against(
+        &mut g,
+        &rt,
+        "SyncToAsync(handler).call_http with a pool",
+        || {
+            let adapted = adapted.clone();
+            async move {
+                let resp = adapted
+                    .call_http(scope(), BlockingBody::empty())
+                    .await
+                    .unwrap();
+                black_box(resp.into_body().into_full().ok());
+            }
+        },
+        direct_baseline,
+    );
     g.finish();
 }
 

@@ -520,17 +520,21 @@ struct Gated {
     svc: SyncToAsync<amphi_core::SyncFn<GatedFn>>,
     pool: BlockingPool,
     gate: CancellationToken,
-    started: mpsc::UnboundedReceiver<()>,
     ran: Arc<AtomicUsize>,
 }
+
+/// A spawned `call_http`.
+type Spawned = tokio::task::JoinHandle<Result<http::Response<HttpBody>, Error>>;
 
 type GatedFn = Box<dyn Fn(SyncRequest) -> amphi_core::SyncResponse + Send + Sync>;
 
 impl Gated {
-    fn new(queue_timeout: Duration) -> Gated {
+    /// A service on a pool of one slot, and its `/block` call, already holding that slot
+    /// until the gate opens.
+    async fn holding(queue_timeout: Duration) -> (Gated, Spawned) {
         let pool = BlockingPool::new(1).with_queue_timeout(queue_timeout);
         let gate = CancellationToken::new();
-        let (started_tx, started) = mpsc::unbounded_channel();
+        let (started_tx, mut started) = mpsc::unbounded_channel();
         let ran = Arc::new(AtomicUsize::new(0));
         let (g, r) = (gate.clone(), ran.clone());
         let handler: GatedFn = Box::new(move |req: SyncRequest| {
@@ -543,93 +547,74 @@ impl Gated {
                 http::Response::new(SyncBody::from(req.path().to_owned()))
             }
         });
-        Gated {
+        let gated = Gated {
             svc: SyncToAsync::new(sync_fn(handler)).with_pool(pool.clone()),
             pool,
             gate,
-            started,
             ran,
-        }
+        };
+        let first = tokio::spawn(gated.svc.call_http(scope("/block"), BlockingBody::empty()));
+        report(&mut started).await;
+        (gated, first)
     }
+
+    /// How many calls other than `/block` ran their handler.
+    fn ran(&self) -> usize {
+        self.ran.load(Ordering::SeqCst)
+    }
+
+    fn call(&self, path: &str) -> amphi_sync_to_async::HttpCall<amphi_core::SyncFn<GatedFn>> {
+        self.svc.call_http(scope(path), BlockingBody::empty())
+    }
+}
+
+/// The complete body of a spawned call's response, within [`BOUND`].
+async fn full_body(call: Spawned) -> Bytes {
+    let resp = timeout(BOUND, call).await.unwrap().unwrap().unwrap();
+    resp.into_body().into_full().unwrap()
 }
 
 #[test]
 fn a_call_past_a_full_pool_fails_saturated_and_its_handler_never_runs() {
     run(async {
-        let Gated {
-            svc,
-            pool,
-            gate,
-            mut started,
-            ran,
-        } = Gated::new(Duration::from_millis(50));
+        let (g, first) = Gated::holding(Duration::from_millis(50)).await;
+        assert_eq!(g.pool.in_flight(), 1);
 
-        let first = tokio::spawn(svc.call_http(scope("/block"), BlockingBody::empty()));
-        report(&mut started).await;
-        assert_eq!(pool.in_flight(), 1);
-
-        let err = timeout(
-            BOUND,
-            svc.call_http(scope("/second"), BlockingBody::empty()),
-        )
-        .await
-        .unwrap()
-        .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Saturated);
-        assert_eq!(pool.in_flight(), 1, "the failed call took no slot");
-
-        gate.cancel();
-        let resp = timeout(BOUND, first).await.unwrap().unwrap().unwrap();
-        assert_eq!(resp.into_body().into_full().unwrap(), "released");
-        assert_eq!(pool.in_flight(), 0);
-        assert_eq!(
-            ran.load(Ordering::SeqCst),
-            0,
-            "the saturated handler never ran"
-        );
-
-        // The pool serves again.
-        let resp = timeout(BOUND, svc.call_http(scope("/third"), BlockingBody::empty()))
+        let err = timeout(BOUND, g.call("/second"))
             .await
             .unwrap()
-            .unwrap();
-        assert_eq!(resp.into_body().into_full().unwrap(), "/third");
-        assert_eq!(ran.load(Ordering::SeqCst), 1);
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Saturated);
+        assert_eq!(g.pool.in_flight(), 1, "the failed call took no slot");
+
+        g.gate.cancel();
+        assert_eq!(full_body(first).await, "released");
+        assert_eq!(g.pool.in_flight(), 0);
+        assert_eq!(g.ran(), 0, "the saturated handler never ran");
+
+        // The pool serves again.
+        assert_eq!(full_body(tokio::spawn(g.call("/third"))).await, "/third");
+        assert_eq!(g.ran(), 1);
     });
 }
 
 #[test]
 fn a_queued_call_runs_once_the_slot_comes_free_and_a_dropped_one_never_does() {
     run(async {
-        let Gated {
-            svc,
-            pool,
-            gate,
-            mut started,
-            ran,
-        } = Gated::new(Duration::from_secs(60));
+        let (g, first) = Gated::holding(Duration::from_secs(60)).await;
 
-        let first = tokio::spawn(svc.call_http(scope("/block"), BlockingBody::empty()));
-        report(&mut started).await;
-
-        let mut dropped = svc.call_http(scope("/dropped"), BlockingBody::empty());
+        let mut dropped = g.call("/dropped");
         poll_once_pending(&mut dropped).await;
-        let second = tokio::spawn(svc.call_http(scope("/second"), BlockingBody::empty()));
+        let second = tokio::spawn(g.call("/second"));
         drop(dropped);
-        assert_eq!(pool.in_flight(), 1, "waiting calls hold no slot");
-        assert_eq!(ran.load(Ordering::SeqCst), 0, "no queued handler ran yet");
+        assert_eq!(g.pool.in_flight(), 1, "waiting calls hold no slot");
+        assert_eq!(g.ran(), 0, "no queued handler ran yet");
 
-        gate.cancel();
-        let resp = timeout(BOUND, first).await.unwrap().unwrap().unwrap();
-        assert_eq!(resp.into_body().into_full().unwrap(), "released");
-        let resp = timeout(BOUND, second).await.unwrap().unwrap().unwrap();
-        assert_eq!(resp.into_body().into_full().unwrap(), "/second");
-        assert_eq!(
-            ran.load(Ordering::SeqCst),
-            1,
-            "the dropped call's handler never ran"
-        );
-        assert_eq!(pool.in_flight(), 0);
+        g.gate.cancel();
+        assert_eq!(full_body(first).await, "released");
+        assert_eq!(full_body(second).await, "/second");
+        assert_eq!(g.ran(), 1, "the dropped call's handler never ran");
+        assert_eq!(g.pool.in_flight(), 0);
     });
 }
 
