@@ -9,6 +9,8 @@ use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+use crate::context::TypedMap;
+
 /// A flag that flips from "running" to "cancelled" once, and never back.
 ///
 /// Blocking code polls it with [`is_cancelled`](Self::is_cancelled) or sleeps on it with
@@ -56,7 +58,7 @@ struct Node {
     /// context is one allocation. `None` when the node shares the values of the nearest
     /// ancestor that owns some (a [`Context::child`](crate::Context::child)). An empty
     /// `Extensions` allocates nothing, so a plain token pays only for the field.
-    values: Option<Mutex<http::Extensions>>,
+    values: Option<TypedMap>,
     /// For a node that owns values: how many `Context` handles use them. The values are
     /// dropped when the last one goes, as a context's own map would be, even while tokens
     /// taken from the context live on (a value holding such a token would otherwise keep
@@ -85,18 +87,18 @@ impl Node {
 impl CancellationToken {
     /// A new token, not cancelled.
     pub fn new() -> CancellationToken {
-        CancellationToken::with_node(None, Some(Mutex::default()), 0)
+        CancellationToken::with_node(None, Some(TypedMap::default()), 0)
     }
 
     /// The token of a new [`Context`](crate::Context): it owns the values, used by one
     /// context handle.
     pub(crate) fn for_context() -> CancellationToken {
-        CancellationToken::with_node(None, Some(Mutex::default()), 1)
+        CancellationToken::with_node(None, Some(TypedMap::default()), 1)
     }
 
     /// A token that is cancelled when `self` is, and can be cancelled alone.
     pub fn child(&self) -> CancellationToken {
-        CancellationToken::with_node(Some(self.node.clone()), Some(Mutex::default()), 0)
+        CancellationToken::with_node(Some(self.node.clone()), Some(TypedMap::default()), 0)
     }
 
     /// Like [`child`](Self::child), but the child shares this token's context values instead
@@ -109,7 +111,7 @@ impl CancellationToken {
 
     fn with_node(
         parent: Option<Arc<Node>>,
-        values: Option<Mutex<http::Extensions>>,
+        values: Option<TypedMap>,
         contexts: usize,
     ) -> CancellationToken {
         CancellationToken {
@@ -132,9 +134,9 @@ impl CancellationToken {
             .expect("a node without a parent owns values: only child_sharing_values makes one that does not")
     }
 
-    /// The context values this token carries. Two tokens return the same `Mutex` exactly
-    /// when their contexts share values.
-    pub(crate) fn values(&self) -> &Mutex<http::Extensions> {
+    /// The context values this token carries. Two tokens return the same map exactly when
+    /// their contexts share values.
+    pub(crate) fn values(&self) -> &TypedMap {
         self.values_node()
             .values
             .as_ref()
@@ -152,8 +154,7 @@ impl CancellationToken {
         if node.contexts.fetch_sub(1, Ordering::AcqRel) == 1 {
             let values = node.values.as_ref().expect("values_node owns values");
             // Dropped after the lock is released: a value's own drop may use a context.
-            let taken = std::mem::take(&mut *crate::context::lock_values(values));
-            drop(taken);
+            drop(values.take());
         }
     }
 

@@ -9,11 +9,52 @@ use std::task::{Context as TaskContext, Poll};
 
 use crate::CancellationToken;
 
-/// Locks a map of context or state values.
-pub(crate) fn lock_values(values: &Mutex<http::Extensions>) -> MutexGuard<'_, http::Extensions> {
-    // Every operation on the map is a single insert/get/remove, so a panic elsewhere while
-    // the lock was held cannot have left it half-updated.
-    values.lock().unwrap_or_else(|p| p.into_inner())
+/// A typed map behind a lock: the values of a [`Context`] (kept in its token's node) and of a
+/// [`State`](crate::State).
+#[derive(Default)]
+pub(crate) struct TypedMap(Mutex<http::Extensions>);
+
+impl TypedMap {
+    fn lock(&self) -> MutexGuard<'_, http::Extensions> {
+        // Every operation on the map is a single insert/get/remove, so a panic elsewhere while
+        // the lock was held cannot have left it half-updated.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn insert<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
+        self.lock().insert(value)
+    }
+
+    pub(crate) fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.lock().get::<T>().cloned()
+    }
+
+    pub(crate) fn remove<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.lock().remove::<T>()
+    }
+
+    /// `f` runs without the lock held, so it may read this map itself; if another thread
+    /// stored a `T` meanwhile, that value is kept and returned, and `f`'s is dropped.
+    pub(crate) fn get_or_insert_with<T: Clone + Send + Sync + 'static>(
+        &self,
+        f: impl FnOnce() -> T,
+    ) -> T {
+        if let Some(value) = self.get::<T>() {
+            return value;
+        }
+        let value = f();
+        self.lock().get_or_insert_with(|| value).clone()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Empties the map, handing back what it held (to be dropped after the lock is released:
+    /// a value's own drop may use the map's owner).
+    pub(crate) fn take(&self) -> http::Extensions {
+        std::mem::take(&mut *self.lock())
+    }
 }
 
 /// The request context: values that belong to one request, wherever its work runs.
@@ -84,23 +125,19 @@ impl Context {
         Context::default()
     }
 
-    fn values(&self) -> MutexGuard<'_, http::Extensions> {
-        lock_values(self.token.values())
-    }
-
     /// Stores `value`, returning the value of the same type it replaced.
     pub fn insert<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
-        self.values().insert(value)
+        self.token.values().insert(value)
     }
 
     /// A clone of the value of type `T`, if one is set.
     pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.values().get::<T>().cloned()
+        self.token.values().get()
     }
 
     /// Removes and returns the value of type `T`.
     pub fn remove<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.values().remove::<T>()
+        self.token.values().remove()
     }
 
     /// The value of type `T`, inserting `f()` first if there is none.
@@ -108,16 +145,12 @@ impl Context {
     /// `f` runs without the context's lock held, so it may read this context itself; if another
     /// thread stored a `T` meanwhile, that value is kept and returned, and `f`'s is dropped.
     pub fn get_or_insert_with<T: Clone + Send + Sync + 'static>(&self, f: impl FnOnce() -> T) -> T {
-        if let Some(value) = self.get::<T>() {
-            return value;
-        }
-        let value = f();
-        self.values().get_or_insert_with(|| value).clone()
+        self.token.values().get_or_insert_with(f)
     }
 
     /// The number of values stored.
     pub fn len(&self) -> usize {
-        self.values().len()
+        self.token.values().len()
     }
 
     /// Whether no values are stored.

@@ -1,9 +1,9 @@
 //! Lifespan state: values set at startup and seen by every request.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use crate::context::lock_values;
+use crate::context::TypedMap;
 
 /// App-wide state, set by handlers during lifespan startup and shared into every request
 /// scope (ASGI's `state`).
@@ -25,7 +25,7 @@ use crate::context::lock_values;
 /// assert_eq!(per_request.get::<DbUrl>().unwrap().0, "postgres://localhost/app");
 /// ```
 #[derive(Clone, Default)]
-pub struct State(Arc<Mutex<http::Extensions>>);
+pub struct State(Arc<TypedMap>);
 
 impl State {
     /// Empty state.
@@ -33,23 +33,19 @@ impl State {
         State::default()
     }
 
-    fn values(&self) -> MutexGuard<'_, http::Extensions> {
-        lock_values(&self.0)
-    }
-
     /// Stores `value`, returning the value of the same type it replaced.
     pub fn insert<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
-        self.values().insert(value)
+        self.0.insert(value)
     }
 
     /// A clone of the value of type `T`, if one is set.
     pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.values().get::<T>().cloned()
+        self.0.get()
     }
 
     /// Removes and returns the value of type `T`.
     pub fn remove<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.values().remove::<T>()
+        self.0.remove()
     }
 
     /// The value of type `T`, inserting `f()` first if there is none.
@@ -57,18 +53,14 @@ impl State {
     /// `f` runs without the state's lock held, so it may read this state itself; if another
     /// thread stored a `T` meanwhile, that value is kept and returned, and `f`'s is dropped.
     pub fn get_or_insert_with<T: Clone + Send + Sync + 'static>(&self, f: impl FnOnce() -> T) -> T {
-        if let Some(value) = self.get::<T>() {
-            return value;
-        }
-        let value = f();
-        self.values().get_or_insert_with(|| value).clone()
+        self.0.get_or_insert_with(f)
     }
 }
 
 impl fmt::Debug for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("State")
-            .field("values", &self.values().len())
+            .field("values", &self.0.len())
             .finish()
     }
 }
