@@ -163,8 +163,8 @@ where
                 }
             },
         };
-        // For a wait for a pool slot, which ends early when the token flips.
-        let token = self.pool.is_some().then(|| context.token().clone());
+        // A wait for a pool slot ends early when the token flips.
+        let pool = self.pool.map(|p| (p, context.token().clone()));
         let run = move || {
             // A call whose future was dropped (or whose request was cancelled) before it
             // started does not start; a pool slot it holds goes back as it returns.
@@ -175,7 +175,7 @@ where
             let _span = span.enter();
             Some(f())
         };
-        let state = match (self.pool.zip(token), place) {
+        let state = match (pool, place) {
             (None, None) => State::Running(tokio::task::spawn_blocking(run)),
             (None, Some(ts)) => submit(&ts, run),
             (Some((pool, token)), place) => State::Waiting(Box::pin(async move {

@@ -83,18 +83,16 @@ impl Lane {
     /// [`LOOK`]; either way it is no longer counted.
     fn find(&self) -> Option<Job> {
         loop {
+            // `look` returns at once when a piece is queued: the lock is taken only then, or
+            // once more when a look ends with nothing found.
+            let found = self.look();
             let mut s = self.lock();
-            if let Some(job) = self.take(&mut s) {
-                s.looking -= 1;
-                return Some(job);
-            }
-            drop(s);
-            if !self.look() {
-                let mut s = self.lock();
-                let job = self.take(&mut s);
+            let job = self.take(&mut s);
+            if job.is_some() || !found {
                 s.looking -= 1;
                 return job;
             }
+            // Another drainer took it first: look again.
         }
     }
 
