@@ -90,11 +90,13 @@ impl<H: SyncHandler> SyncToAsync<H> {
                 Some(slot) => Some(slot),
                 // The wait for a slot holds a timer: only the calls that wait carry it.
                 None => {
-                    let waiting = pool.clone();
+                    let pool = pool.clone();
                     let token = start.scope.context().token().clone();
-                    let wait: QueueWait = Box::pin(async move { waiting.acquire(&token).await });
+                    // The wait hands the pool back with the slot, for the launch.
+                    let wait: QueueWait =
+                        Box::pin(async move { Ok((pool.acquire(&token).await?, pool)) });
                     return HttpCall {
-                        stage: Stage::Queued(Box::new((wait, start, pool.clone()))),
+                        stage: Stage::Queued(Box::new((wait, start))),
                     };
                 }
             },
@@ -118,14 +120,14 @@ pub struct HttpCall<H> {
 // that has to wait for a slot keeps meanwhile is boxed.
 enum Stage<H> {
     /// Every slot was taken: waiting for one, with a timer.
-    Queued(Box<(QueueWait, Start<H>, BlockingPool)>),
+    Queued(Box<(QueueWait, Start<H>)>),
     Running(AsyncEnd),
     /// The handler could not be started.
     Failed(Error),
     Done,
 }
 
-type QueueWait = Pin<Box<dyn Future<Output = Result<Slot, Error>> + Send>>;
+type QueueWait = Pin<Box<dyn Future<Output = Result<(Slot, BlockingPool), Error>> + Send>>;
 
 struct Start<H> {
     handler: Arc<H>,
@@ -167,9 +169,10 @@ impl<H: SyncHandler> Future for HttpCall<H> {
                         this.stage = Stage::Queued(queued);
                         return Poll::Pending;
                     }
-                    Poll::Ready(slot) => {
-                        let (_, start, pool) = *queued;
-                        this.stage = Stage::Running(start.launch(Some(&pool), Some(slot?))?);
+                    Poll::Ready(waited) => {
+                        let (slot, pool) = waited?;
+                        let (_, start) = *queued;
+                        this.stage = Stage::Running(start.launch(Some(&pool), Some(slot))?);
                     }
                 },
                 Stage::Failed(e) => return Poll::Ready(Err(e)),

@@ -108,15 +108,6 @@ pub(crate) struct Slot {
 }
 
 impl BlockingPool {
-    /// Runs `job` on a thread of the current runtime's blocking pool, through this pool's
-    /// lane (see `lane.rs`): a thread that just finished a piece of this pool's work takes it
-    /// if one is looking, else a new drainer starts.
-    pub(crate) fn spawn(&self, job: Job) {
-        self.lane.submit(job);
-    }
-}
-
-impl BlockingPool {
     /// A pool that lets at most `max_in_flight` blocking calls run at once, with the
     /// [`DEFAULT_QUEUE_TIMEOUT`].
     ///
@@ -163,6 +154,13 @@ impl BlockingPool {
     /// Slots taken right now: calls whose blocking work has not finished yet.
     pub fn in_flight(&self) -> usize {
         self.limit - self.semaphore.available_permits()
+    }
+
+    /// Runs `job` on a thread of the current runtime's blocking pool, through this pool's
+    /// lane (see `lane.rs`): a thread that just finished a piece of this pool's work takes it
+    /// if one is looking, else a new drainer starts.
+    pub(crate) fn spawn(&self, job: Job) {
+        self.lane.submit(job);
     }
 
     /// Takes a slot if one is free now.
