@@ -186,6 +186,7 @@ impl CancellationToken {
         Cancelled {
             token: self.clone(),
             keys: Vec::new(),
+            waker: None,
         }
     }
 
@@ -279,6 +280,8 @@ impl Wake for ThreadWaker {
 pub struct Cancelled {
     token: CancellationToken,
     keys: Vec<u64>,
+    /// The waker registered under `keys`.
+    waker: Option<Waker>,
 }
 
 impl Future for Cancelled {
@@ -289,9 +292,15 @@ impl Future for Cancelled {
             return Poll::Ready(());
         }
         let this = &mut *self;
-        // Re-register on every poll so the newest waker is the one woken.
+        if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // Still registered with a waker that wakes this task: nothing to redo (the flag
+            // was read above, and `cancel` wakes what is registered).
+            return Poll::Pending;
+        }
+        // A new waker: re-register, so the newest one is the one woken.
         this.token.deregister(&this.keys);
         this.keys = this.token.register(cx.waker());
+        this.waker = Some(cx.waker().clone());
         // The flag may have flipped between the check and the registration.
         if this.token.is_cancelled() {
             return Poll::Ready(());

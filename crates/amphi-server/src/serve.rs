@@ -709,7 +709,9 @@ async fn run<L: Listen>(
 /// (a lock and a budget check) on every poll of the connection, a few times per request;
 /// here a poll costs an atomic load and a waker comparison, and the lock is taken once per
 /// connection (again only if its task's waker changes). Waiting for the connections to end
-/// is the `JoinSet`'s job.
+/// is the `JoinSet`'s job. Not a `CancellationToken`: its waiters are a list, and a server
+/// with 10,000 idle connections would scan it under one lock each time one of them closes;
+/// here a connection's waker is one map entry.
 #[derive(Default)]
 struct Drain {
     started: AtomicBool,
