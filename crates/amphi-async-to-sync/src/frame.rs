@@ -6,7 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Once, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 
-use amphi_core::{Context, Error, ErrorKind, Job, ThreadSensitive};
+use amphi_core::plumbing::{Job, LentThread};
+use amphi_core::{Context, Error, ErrorKind, ThreadSensitive};
 use tokio::runtime::{Handle, Runtime};
 
 /// The name of the background runtime's threads.
@@ -130,7 +131,7 @@ pub(crate) fn block_on_drive<D: Drive>(
     work: &mut D,
     context: Option<&Context>,
     span: &tracing::Span,
-    loan: &amphi_core::LentThread,
+    loan: &LentThread,
 ) -> Result<D::Output, Error> {
     let (handle, probe) = runtime_here()?;
     if probe {
@@ -178,7 +179,7 @@ pub(crate) fn block_on_drive<D: Drive>(
 /// A loan of this thread, and the context the work runs in: a child of the current context,
 /// or none when the caller has none (there are no values to carry and nobody to cancel; the
 /// lent thread is still found by `ThreadSensitive::current` during every poll).
-pub(crate) fn lend() -> (amphi_core::LentThread, Option<Context>) {
+pub(crate) fn lend() -> (LentThread, Option<Context>) {
     let loan = ThreadSensitive::lend_current_thread();
     (loan, Context::current().map(|parent| parent.child()))
 }

@@ -6,10 +6,11 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, Waker};
 
+use amphi_core::plumbing::{EventSource, MessageSink};
 use amphi_core::{
     AsyncHandler, BlockingBody, BoxFuture, CancellationToken, Cancelled, Context, DropGuard, Error,
-    ErrorKind, Event, EventSource, HttpScope, Message, MessageSink, Receiver, Scope, Sender,
-    SyncBody, SyncHandler, SyncRequest, SyncResponse, ThreadSensitive,
+    ErrorKind, Event, HttpScope, Message, Receiver, Scope, Sender, SyncBody, SyncHandler,
+    SyncRequest, SyncResponse, ThreadSensitive,
 };
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};

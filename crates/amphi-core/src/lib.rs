@@ -16,6 +16,8 @@
 //! - Shared by both: the request [`Context`] (a typed map, asgiref's `Local`), its
 //!   [`CancellationToken`], the app [`State`], [`RequestInfo`] and the [`Error`] type.
 //! - [`testing`]: drive an async handler without a socket.
+//! - [`plumbing`]: what servers and adapters implement (event sources, message sinks, lent
+//!   threads); handlers never need it.
 //!
 //! Running handlers is the job of the other crates: `amphi-sync-to-async` and
 //! `amphi-async-to-sync` carry work across the boundary, `amphi-server` serves both kinds.
@@ -26,6 +28,7 @@ mod cancel;
 mod context;
 mod error;
 mod info;
+pub mod plumbing;
 mod scope;
 mod state;
 mod sync;
@@ -34,8 +37,7 @@ mod thread_sensitive;
 
 pub use asgi::{
     asgi_fn, async_fn, AsgiFn, AsyncBody, AsyncFn, AsyncHandler, AsyncRequest, AsyncResponse,
-    BoxFuture, Event, EventSource, Message, MessageSink, Receiver, Sender, SharedEventSource,
-    SharedMessageSink, WebSocketData,
+    BoxFuture, Event, Message, Receiver, Sender, WebSocketData,
 };
 pub use cancel::{CancellationToken, Cancelled, DropGuard};
 pub use context::{Context, EnterGuard, Scoped};
@@ -47,4 +49,4 @@ pub use sync::{
     sync_fn, BlockingBody, BodyWriter, IntoChunks, SyncBody, SyncFn, SyncHandler, SyncRequest,
     SyncResponse,
 };
-pub use thread_sensitive::{Job, LentGuard, LentThread, ThreadSensitive};
+pub use thread_sensitive::ThreadSensitive;

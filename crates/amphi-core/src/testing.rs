@@ -14,9 +14,10 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
+use crate::plumbing::{EventSource, MessageSink};
 use crate::{
-    AsyncHandler, BoxFuture, Error, ErrorKind, Event, EventSource, HttpScope, Message, MessageSink,
-    Receiver, RequestInfo, Scope, Sender,
+    AsyncHandler, BoxFuture, Error, ErrorKind, Event, HttpScope, Message, Receiver, RequestInfo,
+    Scope, Sender,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,7 +163,7 @@ impl Communicator {
     /// Holds at most `capacity` unread messages: past that the handler's `send` waits, as it
     /// would on a slow client.
     #[must_use]
-    pub fn with_output_capacity(self, capacity: usize) -> Communicator {
+    pub fn output_capacity(self, capacity: usize) -> Communicator {
         lock(&self.outbox).capacity = Some(capacity);
         self
     }

@@ -87,7 +87,7 @@ fn sugar_and_arc_forwarding_answer_the_same() {
 
 struct NoEvents;
 
-impl amphi_core::EventSource for NoEvents {
+impl amphi_core::plumbing::EventSource for NoEvents {
     fn poll_event(
         &mut self,
         _cx: &mut std::task::Context<'_>,

@@ -7,10 +7,11 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Waker};
 
+use amphi_core::plumbing::MessageSink;
 use amphi_core::testing::{self, CollectSink, Communicator};
 use amphi_core::{
-    asgi_fn, Error, ErrorKind, Event, HttpScope, LifespanScope, Message, MessageSink, RequestInfo,
-    Scope, Sender, State, WebSocketData,
+    asgi_fn, Error, ErrorKind, Event, HttpScope, LifespanScope, Message, RequestInfo, Scope,
+    Sender, State, WebSocketData,
 };
 use bytes::Bytes;
 use futures_executor::block_on;

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use amphi_core::{Error, Event, Message, Receiver, Sender, SharedEventSource, SharedMessageSink};
+use amphi_core::plumbing::{SharedEventSource, SharedMessageSink};
+use amphi_core::{Error, Event, Message, Receiver, Sender};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 

@@ -484,7 +484,7 @@ fn a_streamed_response_is_pulled_only_as_fast_as_the_client_takes_it() {
         }
     }));
     block_on(async {
-        let mut comm = Communicator::http(handler, head("GET", "/")).with_output_capacity(1);
+        let mut comm = Communicator::http(handler, head("GET", "/")).output_capacity(1);
         let mut received = 0;
         while let Some(m) = comm.receive_output().await {
             received += 1;

@@ -13,9 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
-use amphi_core::{
-    CancellationToken, Error, ErrorKind, Event, Message, SharedEventSource, SharedMessageSink,
-};
+use amphi_core::plumbing::{SharedEventSource, SharedMessageSink};
+use amphi_core::{CancellationToken, Error, ErrorKind, Event, Message};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::Body as _;

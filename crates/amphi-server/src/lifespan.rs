@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use amphi_core::plumbing::{EventSource, MessageSink};
 use amphi_core::{
-    AsyncHandler, Error, ErrorKind, Event, EventSource, LifespanScope, Message, MessageSink,
-    Receiver, Scope, Sender, State,
+    AsyncHandler, Error, ErrorKind, Event, LifespanScope, Message, Receiver, Scope, Sender, State,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

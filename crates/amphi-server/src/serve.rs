@@ -29,8 +29,9 @@ use crate::{Router, ServeError};
 
 /// The default limit on blocking work in flight: [`Server::blocking_threads`].
 pub const DEFAULT_BLOCKING_THREADS: usize = 64;
-/// The default wait for a blocking slot: [`Server::queue_timeout`].
-pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default wait for a blocking slot: [`Server::queue_timeout`]; the same as a
+/// [`BlockingPool`]'s own default.
+pub use amphi_sync_to_async::DEFAULT_QUEUE_TIMEOUT;
 /// The default request body limit: [`Server::max_body_bytes`].
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// The default header-read timeout: [`Server::header_read_timeout`].
@@ -393,7 +394,7 @@ impl Server {
 
     async fn prepare(self) -> Result<Prepared, ServeError> {
         let pool = self.pool.clone().unwrap_or_else(|| {
-            BlockingPool::new(self.blocking_threads).with_queue_timeout(self.queue_timeout)
+            BlockingPool::new(self.blocking_threads).queue_timeout(self.queue_timeout)
         });
         let routes = self.router.compile(&pool)?;
         let mut seen = Vec::<*const ()>::new();

@@ -12,5 +12,5 @@ pub(crate) type SyncMount = Arc<SyncToAsync<Arc<dyn SyncHandler>>>;
 
 /// Mounts `handler`, taking one slot of `pool` per request.
 pub(crate) fn mount(handler: Arc<dyn SyncHandler>, pool: &BlockingPool) -> SyncMount {
-    Arc::new(SyncToAsync::new(handler).with_pool(pool.clone()))
+    Arc::new(SyncToAsync::new(handler).pool(pool.clone()))
 }

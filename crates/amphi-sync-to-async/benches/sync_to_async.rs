@@ -173,7 +173,7 @@ fn handler(c: &mut Criterion) {
     let hello = Arc::new(sync_fn(|_req: SyncRequest| {
         http::Response::new(SyncBody::from("hello from sync"))
     }));
-    let adapted = Arc::new(SyncToAsync::new(hello.clone()).with_pool(BlockingPool::new(64)));
+    let adapted = Arc::new(SyncToAsync::new(hello.clone()).pool(BlockingPool::new(64)));
     // What one would write by hand: an async handler that runs the sync handler with
     // spawn_blocking and sends its response in one piece.
     let by_hand = {

@@ -69,7 +69,7 @@ impl<H: SyncHandler> SyncToAsync<H> {
     /// let hello = SyncToAsync::new(sync_fn(|req: SyncRequest| {
     ///     http::Response::new(SyncBody::from(format!("hello {}", req.uri().path())))
     /// }))
-    /// .with_pool(BlockingPool::new(4));
+    /// .pool(BlockingPool::new(4));
     ///
     /// let (parts, ()) = http::Request::get("/you").body(()).unwrap().into_parts();
     /// let scope = HttpScope::new(parts, RequestInfo::new());

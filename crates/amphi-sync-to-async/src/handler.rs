@@ -90,7 +90,7 @@ use crate::pool::{BlockingPool, Slot};
 ///     req.body_mut().read_to_string(&mut text).unwrap();
 ///     http::Response::new(SyncBody::from(text.to_uppercase()))
 /// });
-/// let app = Arc::new(SyncToAsync::new(upper).with_pool(BlockingPool::new(64)));
+/// let app = Arc::new(SyncToAsync::new(upper).pool(BlockingPool::new(64)));
 ///
 /// let req = http::Request::post("/").body(bytes::Bytes::from("shout")).unwrap();
 /// let resp = amphi_core::testing::call(&app, req).await.unwrap();
@@ -112,7 +112,7 @@ pub(crate) enum Place {
 
 impl<H: SyncHandler> SyncToAsync<H> {
     /// Wraps `handler`; requests are not counted against any pool until
-    /// [`with_pool`](SyncToAsync::with_pool).
+    /// [`pool`](SyncToAsync::pool).
     pub fn new(handler: H) -> SyncToAsync<H> {
         SyncToAsync {
             handler: Arc::new(handler),
@@ -138,14 +138,9 @@ impl<H: SyncHandler> SyncToAsync<H> {
     /// Counts each request against `pool`: one slot per request, held until the handler has
     /// returned and its response body is fully produced.
     #[must_use]
-    pub fn with_pool(mut self, pool: BlockingPool) -> SyncToAsync<H> {
+    pub fn pool(mut self, pool: BlockingPool) -> SyncToAsync<H> {
         self.pool = Some(pool);
         self
-    }
-
-    /// The pool requests are counted against, if any.
-    pub fn pool(&self) -> Option<&BlockingPool> {
-        self.pool.as_ref()
     }
 
     /// The wrapped handler.

@@ -13,8 +13,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::lane::{Job, Lane};
 
 /// How long a call waits for a free slot when none is given with
-/// [`BlockingPool::with_queue_timeout`]: 5 seconds.
-pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// [`BlockingPool::queue_timeout`]: 1 second. `amphi-server` uses the same default for its
+/// pool (its `Server::queue_timeout`): past it a request is answered `503`, and a gateway that
+/// is that far behind is better off telling its clients to retry than making them wait.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A cap on blocking work in flight, shared by every call that uses it.
 ///
@@ -25,7 +27,7 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`ErrorKind::Saturated`] (a server answers 503 with `Retry-After`). The cap counts
 /// *requests*, not connections: an idle keep-alive connection holds no slot.
 ///
-/// Clones share the slots; [`with_queue_timeout`](BlockingPool::with_queue_timeout) returns a
+/// Clones share the slots; [`queue_timeout`](BlockingPool::queue_timeout) returns a
 /// handle to the same slots with another wait.
 ///
 /// # When a slot comes back
@@ -88,7 +90,7 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let pool = BlockingPool::new(2).with_queue_timeout(Duration::from_millis(100));
+/// let pool = BlockingPool::new(2).queue_timeout(Duration::from_millis(100));
 /// let n = sync_to_async(|| 6 * 7).pool(&pool).await.unwrap();
 /// assert_eq!(n, 42);
 /// assert_eq!(pool.in_flight(), 0);
@@ -136,7 +138,7 @@ impl BlockingPool {
     /// failing with [`ErrorKind::Saturated`]. `Duration::ZERO` fails at once when the pool is
     /// full.
     #[must_use]
-    pub fn with_queue_timeout(mut self, timeout: Duration) -> BlockingPool {
+    pub fn queue_timeout(mut self, timeout: Duration) -> BlockingPool {
         self.queue_timeout = timeout;
         self
     }
@@ -144,11 +146,6 @@ impl BlockingPool {
     /// The most calls that run at once.
     pub fn limit(&self) -> usize {
         self.limit
-    }
-
-    /// How long a call waits for a slot.
-    pub fn queue_timeout(&self) -> Duration {
-        self.queue_timeout
     }
 
     /// Slots taken right now: calls whose blocking work has not finished yet.

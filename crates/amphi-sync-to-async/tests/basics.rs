@@ -41,7 +41,7 @@ async fn handler_echoes_a_streamed_body() {
         ))
     });
     let pool = BlockingPool::new(4);
-    let app = Arc::new(SyncToAsync::new(echo).with_pool(pool.clone()));
+    let app = Arc::new(SyncToAsync::new(echo).pool(pool.clone()));
     let chunks: Vec<Bytes> = (0..50u8).map(|i| Bytes::from(vec![i; 3000])).collect();
     let expected: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
     let resp = timeout(
@@ -58,7 +58,7 @@ async fn handler_echoes_a_streamed_body() {
 
 #[tokio::test]
 async fn saturated_pool_fails_after_the_queue_timeout() {
-    let pool = BlockingPool::new(1).with_queue_timeout(Duration::from_millis(50));
+    let pool = BlockingPool::new(1).queue_timeout(Duration::from_millis(50));
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let first = tokio::spawn(

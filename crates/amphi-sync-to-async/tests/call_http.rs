@@ -84,7 +84,7 @@ fn a_full_response_comes_back_whole_and_the_handler_sees_the_scope() {
                 .body(SyncBody::from(format!("{greeting} {name}: {sent}")))
                 .unwrap()
         }))
-        .with_pool(pool.clone());
+        .pool(pool.clone());
 
         let (parts, ()) = http::Request::post("/api/items/7?x=1")
             .header("x-name", "ada")
@@ -167,7 +167,7 @@ fn a_streamed_response_comes_frame_by_frame_and_its_cleanup_runs() {
                 )
                 .unwrap()
         }))
-        .with_pool(pool.clone());
+        .pool(pool.clone());
 
         let resp = timeout(BOUND, svc.call_http(scope("/"), BlockingBody::empty()))
             .await
@@ -207,7 +207,7 @@ fn a_writer_body_streams_every_byte_in_order() {
                 Ok(())
             }))
         }))
-        .with_pool(BlockingPool::new(2));
+        .pool(BlockingPool::new(2));
 
         let resp = timeout(BOUND, svc.call_http(scope("/?50"), BlockingBody::empty()))
             .await
@@ -285,7 +285,7 @@ fn a_producer_nobody_reads_stays_a_few_chunks_ahead_then_delivers_everything() {
                 Ok(())
             }))
         }))
-        .with_pool(pool.clone());
+        .pool(pool.clone());
 
         let resp = timeout(BOUND, svc.call_http(scope("/"), BlockingBody::empty()))
             .await
@@ -369,7 +369,7 @@ fn dropping_the_body_mid_stream_once() {
                 .on_close(move || on_close.send(Produced::Closed).unwrap()),
             )
         }))
-        .with_pool(pool.clone());
+        .pool(pool.clone());
 
         let scope = scope("/");
         let caller = scope.context().token().clone();
@@ -416,7 +416,7 @@ fn dropping_the_call_while_the_handler_runs_flips_the_token() {
                 .unwrap();
             http::Response::new(SyncBody::from("too late"))
         }))
-        .with_pool(pool.clone());
+        .pool(pool.clone());
 
         // Never polled: the handler starts anyway (like spawn_blocking).
         let scope_a = scope("/never-polled");
@@ -474,7 +474,7 @@ fn a_panic_comes_back_as_panicked_with_its_message_and_frees_the_slot() {
             }
             _ => http::Response::new(SyncBody::from("fine")),
         }))
-        .with_pool(pool.clone());
+        .pool(pool.clone());
 
         let err = timeout(
             BOUND,
@@ -532,7 +532,7 @@ impl Gated {
     /// A service on a pool of one slot, and its `/block` call, already holding that slot
     /// until the gate opens.
     async fn holding(queue_timeout: Duration) -> (Gated, Spawned) {
-        let pool = BlockingPool::new(1).with_queue_timeout(queue_timeout);
+        let pool = BlockingPool::new(1).queue_timeout(queue_timeout);
         let gate = CancellationToken::new();
         let (started_tx, mut started) = mpsc::unbounded_channel();
         let ran = Arc::new(AtomicUsize::new(0));
@@ -548,7 +548,7 @@ impl Gated {
             }
         });
         let gated = Gated {
-            svc: SyncToAsync::new(sync_fn(handler)).with_pool(pool.clone()),
+            svc: SyncToAsync::new(sync_fn(handler)).pool(pool.clone()),
             pool,
             gate,
             ran,
@@ -642,7 +642,7 @@ fn thread_sensitive_runs_the_handler_and_its_body_on_the_contexts_thread() {
                 .unwrap()
         }))
         .thread_sensitive(ts.clone())
-        .with_pool(BlockingPool::new(4));
+        .pool(BlockingPool::new(4));
 
         let test_thread = thread_name();
         for _ in 0..3 {

@@ -66,7 +66,7 @@ async fn a_dropped_caller_flips_the_handlers_token_and_fails_its_body_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturated_and_panicked_return_errors_without_sending() {
     // Saturated: the only slot is taken.
-    let pool = BlockingPool::new(1).with_queue_timeout(Duration::from_millis(20));
+    let pool = BlockingPool::new(1).queue_timeout(Duration::from_millis(20));
     let (release, gate) = mpsc::channel::<()>();
     let gate = Arc::new(std::sync::Mutex::new(gate));
     let slow = Arc::new(
@@ -74,7 +74,7 @@ async fn saturated_and_panicked_return_errors_without_sending() {
             let _ = gate.lock().unwrap().recv_timeout(BOUND);
             http::Response::new(SyncBody::empty())
         }))
-        .with_pool(pool.clone()),
+        .pool(pool.clone()),
     );
     let mut first = Communicator::http(slow.clone(), post("/"));
     first.send_input(Event::Request {
@@ -110,7 +110,7 @@ async fn saturated_and_panicked_return_errors_without_sending() {
 /// limit does.
 struct TooLarge(u8);
 
-impl amphi_core::EventSource for TooLarge {
+impl amphi_core::plumbing::EventSource for TooLarge {
     fn poll_event(
         &mut self,
         _: &mut std::task::Context<'_>,
@@ -185,7 +185,7 @@ async fn a_streamed_response_has_backpressure_and_cleanup_runs_on_disconnect() {
         )
     })));
     let mut comm =
-        Communicator::http(app, http::Request::get("/").body(()).unwrap()).with_output_capacity(1);
+        Communicator::http(app, http::Request::get("/").body(()).unwrap()).output_capacity(1);
     comm.send_input(Event::Request {
         body: Bytes::new(),
         more_body: false,

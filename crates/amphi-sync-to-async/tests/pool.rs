@@ -17,7 +17,7 @@ const BOUND: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_call_past_the_limit_waits_the_queue_timeout_then_fails_saturated() {
     let queue_timeout = Duration::from_millis(100);
-    let pool = BlockingPool::new(2).with_queue_timeout(queue_timeout);
+    let pool = BlockingPool::new(2).queue_timeout(queue_timeout);
     let (release, gate) = mpsc::channel::<()>();
     let gate = std::sync::Arc::new(std::sync::Mutex::new(gate));
     let mut busy = Vec::new();
@@ -56,7 +56,7 @@ async fn the_call_past_the_limit_waits_the_queue_timeout_then_fails_saturated() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_call_gets_the_slot_freed_within_its_timeout() {
-    let pool = BlockingPool::new(1).with_queue_timeout(BOUND);
+    let pool = BlockingPool::new(1).queue_timeout(BOUND);
     let (release, gate) = mpsc::channel::<()>();
     let first = tokio::spawn(
         sync_to_async(move || gate.recv_timeout(BOUND).is_ok())
@@ -76,7 +76,7 @@ async fn a_waiting_call_gets_the_slot_freed_within_its_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_come_back_after_panics() {
-    let pool = BlockingPool::new(2).with_queue_timeout(Duration::ZERO);
+    let pool = BlockingPool::new(2).queue_timeout(Duration::ZERO);
     for i in 0..10 {
         let err = timeout(
             BOUND,
@@ -97,7 +97,7 @@ async fn slots_come_back_after_panics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_call_flips_its_token_and_its_slot_comes_back_when_the_closure_returns() {
-    let pool = BlockingPool::new(1).with_queue_timeout(Duration::ZERO);
+    let pool = BlockingPool::new(1).queue_timeout(Duration::ZERO);
     let (started_tx, started) = tokio::sync::oneshot::channel();
     let (saw_tx, saw) = mpsc::channel();
     let call = tokio::spawn(
@@ -120,7 +120,7 @@ async fn a_dropped_call_flips_its_token_and_its_slot_comes_back_when_the_closure
 
     // A call still waiting for a slot when dropped never takes one.
     let (release, gate) = mpsc::channel::<()>();
-    let pool = pool.with_queue_timeout(BOUND);
+    let pool = pool.queue_timeout(BOUND);
     let holder = tokio::spawn(
         sync_to_async(move || gate.recv_timeout(BOUND))
             .pool(&pool)

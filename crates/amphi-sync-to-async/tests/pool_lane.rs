@@ -65,8 +65,7 @@ fn a_long_request_does_not_delay_one_submitted_after_it() {
         let pool = BlockingPool::new(4);
         let gate = CancellationToken::new();
         let (started_tx, mut started) = mpsc::unbounded_channel();
-        let svc =
-            SyncToAsync::new(sync_fn(gated(gate.clone(), started_tx))).with_pool(pool.clone());
+        let svc = SyncToAsync::new(sync_fn(gated(gate.clone(), started_tx))).pool(pool.clone());
         let app = Arc::new(svc.clone());
 
         // call_http
@@ -108,8 +107,7 @@ fn requests_queued_back_to_back_each_get_a_drainer() {
         let pool = BlockingPool::new(2 * BLOCKED + 2);
         let gate = CancellationToken::new();
         let (started_tx, mut started) = mpsc::unbounded_channel();
-        let svc =
-            SyncToAsync::new(sync_fn(gated(gate.clone(), started_tx))).with_pool(pool.clone());
+        let svc = SyncToAsync::new(sync_fn(gated(gate.clone(), started_tx))).pool(pool.clone());
         let app = Arc::new(svc.clone());
 
         // Submitted without a pause between them: several are queued on the lane at once.
@@ -168,7 +166,7 @@ fn a_quick_request_right_after_a_blocking_one_finishes_even_when_a_drainer_was_l
         let pool = BlockingPool::new(4);
         let (started_tx, mut started) = mpsc::unbounded_channel();
         let svc = SyncToAsync::new(sync_fn(gated(CancellationToken::new(), started_tx)))
-            .with_pool(pool.clone());
+            .pool(pool.clone());
 
         for round in 0..ROUNDS {
             // A request that has just finished may leave its drainer looking for more work.
@@ -225,7 +223,7 @@ fn three_hundred_requests_on_a_pool_of_64_all_complete_and_free_their_slots() {
     const REQUESTS: usize = 300;
     const LIMIT: usize = 64;
     run(async {
-        let pool = BlockingPool::new(LIMIT).with_queue_timeout(Duration::from_secs(60));
+        let pool = BlockingPool::new(LIMIT).queue_timeout(Duration::from_secs(60));
         let seen = Arc::new(Concurrency::default());
         let counter = seen.clone();
         let svc = SyncToAsync::new(sync_fn(move |req: SyncRequest| {
@@ -243,7 +241,7 @@ fn three_hundred_requests_on_a_pool_of_64_all_complete_and_free_their_slots() {
                 http::Response::new(SyncBody::from(format!("full {n}")))
             }
         }))
-        .with_pool(pool.clone());
+        .pool(pool.clone());
         let app = Arc::new(svc.clone());
 
         let mut tasks = JoinSet::new();
@@ -289,7 +287,7 @@ fn three_hundred_requests_on_a_pool_of_64_all_complete_and_free_their_slots() {
 #[test]
 fn panicking_requests_do_not_stop_later_ones_on_the_same_pool() {
     run(async {
-        let pool = BlockingPool::new(1).with_queue_timeout(Duration::from_secs(60));
+        let pool = BlockingPool::new(1).queue_timeout(Duration::from_secs(60));
         let svc = SyncToAsync::new(sync_fn(|req: SyncRequest| {
             let n: usize = req.query_string().parse().unwrap();
             match n % 3 {
@@ -303,7 +301,7 @@ fn panicking_requests_do_not_stop_later_ones_on_the_same_pool() {
                 _ => http::Response::new(SyncBody::from(format!("ok {n}"))),
             }
         }))
-        .with_pool(pool.clone());
+        .pool(pool.clone());
         let app = Arc::new(svc.clone());
 
         // One at a time, on a pool of one: the same lane serves each after the panics.
@@ -377,7 +375,7 @@ fn a_handler_runs_inside_the_runtime_and_can_block_on_it() {
             });
             http::Response::new(SyncBody::from(format!("{n}")))
         }))
-        .with_pool(BlockingPool::new(2));
+        .pool(BlockingPool::new(2));
         let app = Arc::new(svc.clone());
 
         for _ in 0..3 {

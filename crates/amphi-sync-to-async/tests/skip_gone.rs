@@ -119,16 +119,13 @@ impl Kit {
     fn new(wait: Wait, svc: &Svc, ran: Ran) -> Kit {
         let svc = svc.clone();
         let (pool, ts) = match wait {
-            Wait::Slot => (
-                Some(BlockingPool::new(1).with_queue_timeout(GATE_BOUND)),
-                None,
-            ),
+            Wait::Slot => (Some(BlockingPool::new(1).queue_timeout(GATE_BOUND)), None),
             Wait::Lane => (Some(BlockingPool::new(8)), None),
             Wait::Tokio => (None, None),
             Wait::ThreadSensitive => (Some(BlockingPool::new(8)), Some(ThreadSensitive::new())),
         };
         let svc = match &pool {
-            Some(pool) => svc.with_pool(pool.clone()),
+            Some(pool) => svc.pool(pool.clone()),
             None => svc,
         };
         let svc = match &ts {

@@ -106,7 +106,8 @@ impl Receiver {
     /// ```
     /// use std::sync::Arc;
     /// use std::task::{Context, Poll};
-    /// use amphi_core::{Error, Event, Receiver, SharedEventSource};
+    /// use amphi_core::plumbing::SharedEventSource;
+    /// use amphi_core::{Error, Event, Receiver};
     ///
     /// struct Empty;
     /// impl SharedEventSource for Empty {

@@ -1,0 +1,16 @@
+//! What servers, adapters and test doubles implement and use to drive handlers; a handler
+//! author never needs anything here (git's plumbing and porcelain split).
+//!
+//! - The transports beneath a handler's two ends: a [`Receiver`](crate::Receiver) pulls
+//!   [`Event`](crate::Event)s from an [`EventSource`] (boxed, through
+//!   [`Receiver::new`](crate::Receiver::new)) or a [`SharedEventSource`] (one object its owner
+//!   shares, through [`Receiver::shared`](crate::Receiver::shared)); a
+//!   [`Sender`](crate::Sender) checks [`Message`](crate::Message)s against the protocol and
+//!   puts them into a [`MessageSink`] or a [`SharedMessageSink`].
+//! - Threads lent to thread-sensitive work: code that blocks a thread on async work (as
+//!   `amphi-async-to-sync` does) lends it with
+//!   [`ThreadSensitive::lend_current_thread`](crate::ThreadSensitive::lend_current_thread) and
+//!   runs the [`Job`]s that nested thread-sensitive calls submit, so nesting never deadlocks.
+
+pub use crate::asgi::{EventSource, MessageSink, SharedEventSource, SharedMessageSink};
+pub use crate::thread_sensitive::{Job, LentGuard, LentThread};
