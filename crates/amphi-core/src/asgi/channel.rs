@@ -164,10 +164,14 @@ impl fmt::Debug for Receiver {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     HttpIdle,
-    HttpBody { trailers: bool },
+    HttpBody {
+        trailers: bool,
+    },
     HttpTrailers,
     WsConnecting,
     WsOpen,
+    /// A denial response started (`websocket.http.response.start`): only its body may follow.
+    WsDenying,
     LifespanStarting,
     LifespanRunning,
     Done,
@@ -181,8 +185,12 @@ enum State {
 /// Misuse is an error of kind [`ErrorKind::Protocol`] returned from [`send`](Sender::send),
 /// never a panic: a body before the start, a second start, trailers that were not announced,
 /// anything after the end, a message of another scope (a websocket message in an http scope,
-/// say), and a lifespan message out of turn. The message is not sent and the state does not
-/// change, so a handler may recover. A client that went away is [`ErrorKind::Disconnected`].
+/// say), and a lifespan message out of turn. For websockets: a send before accept, a second
+/// accept, a denial response (`websocket.http.response.*`) after accept or anything but its
+/// body after its start, and a close after accept with a code a server may not send or a
+/// reason over 123 bytes (a close *before* accept is a 403 whatever its code). The message is
+/// not sent and the state does not change, so a handler may recover. A client that went away
+/// is [`ErrorKind::Disconnected`].
 ///
 /// # Examples
 ///
@@ -240,6 +248,47 @@ impl Sender {
         }
     }
 
+    /// A sender for a websocket scope writing to a sink its owner shares: no allocation of
+    /// its own (see [`Receiver::shared`]). One object can be both ends of a session: a
+    /// server's per-socket state, or an adapter's queues.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::task::{Context, Poll};
+    /// use amphi_core::plumbing::SharedMessageSink;
+    /// use amphi_core::{Error, Message, Sender, WebSocketData};
+    ///
+    /// #[derive(Default)]
+    /// struct Socket(Mutex<Vec<Message>>);
+    /// impl SharedMessageSink for Socket {
+    ///     fn poll_ready(&self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///     fn start_send(&self, message: Message) -> Result<(), Error> {
+    ///         self.0.lock().unwrap().push(message);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let socket = Arc::new(Socket::default());
+    /// let mut send = Sender::shared_websocket(socket.clone());
+    /// # futures_executor::block_on(async {
+    /// let early = send.send(Message::WebSocketSend("hi".into())).await.unwrap_err();
+    /// assert!(early.is_protocol(), "nothing may be sent before accept");
+    /// send.send(Message::WebSocketAccept { subprotocol: None, headers: Default::default() }).await.unwrap();
+    /// send.send(Message::WebSocketSend(WebSocketData::from("hi"))).await.unwrap();
+    /// # });
+    /// assert_eq!(socket.0.lock().unwrap().len(), 2);
+    /// ```
+    pub fn shared_websocket<S: SharedMessageSink>(sink: Arc<S>) -> Sender {
+        Sender {
+            sink: Sink::Shared(sink),
+            state: State::WsConnecting,
+        }
+    }
+
     fn with_state(sink: impl MessageSink, state: State) -> Sender {
         Sender {
             sink: Sink::Owned(Box::new(sink)),
@@ -247,7 +296,8 @@ impl Sender {
         }
     }
 
-    /// Whether a response start (or websocket accept, or lifespan reply) has been sent.
+    /// Whether a response start (or websocket accept or denial, or lifespan reply) has been
+    /// sent.
     pub fn is_started(&self) -> bool {
         !matches!(
             self.state,
@@ -313,7 +363,12 @@ impl Sender {
                 ))
             }
             (S::WsConnecting, M::WebSocketAccept { .. }) => S::WsOpen,
-            (S::WsConnecting | S::WsOpen, M::WebSocketClose { .. }) => S::Done,
+            // Before accept a close is a 403: its code and reason go nowhere.
+            (S::WsConnecting, M::WebSocketClose { .. }) => S::Done,
+            (S::WsOpen, M::WebSocketClose { code, reason }) => {
+                check_close(*code, reason)?;
+                S::Done
+            }
             (S::WsConnecting, M::WebSocketSend(_)) => {
                 return Err(Error::protocol(
                     "websocket.send sent before websocket.accept",
@@ -322,6 +377,33 @@ impl Sender {
             (S::WsOpen, M::WebSocketSend(_)) => S::WsOpen,
             (S::WsOpen, M::WebSocketAccept { .. }) => {
                 return Err(Error::protocol("websocket.accept sent a second time"))
+            }
+            (S::WsConnecting, M::WebSocketResponseStart { .. }) => S::WsDenying,
+            (S::WsConnecting, M::WebSocketResponseBody { .. }) => {
+                return Err(Error::protocol(
+                    "websocket.http.response.body sent before websocket.http.response.start",
+                ))
+            }
+            (S::WsOpen, M::WebSocketResponseStart { .. } | M::WebSocketResponseBody { .. }) => {
+                return Err(Error::protocol(format!(
+                    "{} sent after websocket.accept: a denial response is only for a handshake \
+                     not yet accepted",
+                    message.type_name()
+                )))
+            }
+            (S::WsDenying, M::WebSocketResponseBody { more_body, .. }) => {
+                if *more_body {
+                    S::WsDenying
+                } else {
+                    S::Done
+                }
+            }
+            (S::WsDenying, m) => {
+                return Err(Error::protocol(format!(
+                    "{} sent after websocket.http.response.start: only \
+                     websocket.http.response.body may follow",
+                    m.type_name()
+                )))
             }
             (S::LifespanStarting, M::StartupComplete) => S::LifespanRunning,
             (S::LifespanStarting, M::StartupFailed { .. }) => S::Done,
@@ -341,7 +423,7 @@ impl Sender {
             (state, m) => {
                 let scope = match state {
                     S::HttpIdle | S::HttpBody { .. } | S::HttpTrailers => "an http",
-                    S::WsConnecting | S::WsOpen => "a websocket",
+                    S::WsConnecting | S::WsOpen | S::WsDenying => "a websocket",
                     _ => "a lifespan",
                 };
                 return Err(Error::protocol(format!(
@@ -401,6 +483,26 @@ impl Sender {
             }
         }
     }
+}
+
+/// Whether a server may send `code` and `reason` in a close frame (RFC 6455, sections 5.5 and
+/// 7.4): 1005, 1006 and 1015 are reserved for reporting a close that had no frame, and a
+/// control frame carries at most 125 bytes, two of them the code.
+fn check_close(code: u16, reason: &str) -> Result<(), Error> {
+    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    if !sendable {
+        return Err(Error::protocol(format!(
+            "websocket.close with code {code}, which a server may not send (1000-1003, \
+             1007-1014 or 3000-4999)"
+        )));
+    }
+    if reason.len() > 123 {
+        return Err(Error::protocol(format!(
+            "websocket.close with a reason of {} bytes, over the 123 a close frame holds",
+            reason.len()
+        )));
+    }
+    Ok(())
 }
 
 impl fmt::Debug for Sender {
