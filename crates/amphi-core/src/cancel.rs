@@ -5,11 +5,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
-use std::thread::{self, Thread};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::context::TypedMap;
+use crate::park::ThreadWaker;
 
 /// A flag that flips from "running" to "cancelled" once, and never back.
 ///
@@ -260,18 +261,6 @@ impl fmt::Debug for CancellationToken {
         f.debug_struct("CancellationToken")
             .field("cancelled", &self.is_cancelled())
             .finish()
-    }
-}
-
-struct ThreadWaker(Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
     }
 }
 

@@ -13,9 +13,15 @@
 //!   websocket and lifespan, [`Event`]s in and [`Message`]s out, and protocol misuse returned
 //!   as errors by [`Sender`]. Closures become handlers through [`async_fn`] (request in,
 //!   response out) and [`asgi_fn`] (the raw protocol).
+//! - Websockets for both: an async [`WebSocketRequest`] to accept or deny (403, or a response
+//!   of the app's own) and a [`WebSocket`] to `recv().await`/`send().await`, from
+//!   [`websocket_fn`] or `async_fn(..).websocket(..)`; for blocking code,
+//!   [`SyncHandler::websocket`] with a [`SyncWebSocketRequest`] and a [`BlockingWebSocket`]
+//!   (blocking `recv`/`send`, usable from a reading and a writing thread at once), or
+//!   `sync_fn(..).websocket(..)`.
 //! - Shared by both: the request [`Context`] (a typed map, asgiref's `Local`), its
 //!   [`CancellationToken`], the app [`State`], [`RequestInfo`] and the [`Error`] type.
-//! - [`testing`]: drive an async handler without a socket.
+//! - [`testing`]: drive an async handler without a socket, http or websocket.
 //! - [`plumbing`]: what servers and adapters implement (event sources, message sinks, lent
 //!   threads); handlers never need it.
 //!
@@ -28,6 +34,7 @@ mod cancel;
 mod context;
 mod error;
 mod info;
+mod park;
 pub mod plumbing;
 mod scope;
 mod state;
@@ -36,8 +43,9 @@ pub mod testing;
 mod thread_sensitive;
 
 pub use asgi::{
-    asgi_fn, async_fn, AsgiFn, AsyncBody, AsyncFn, AsyncHandler, AsyncRequest, AsyncResponse,
-    BoxFuture, Event, Message, Receiver, Sender, WebSocketData,
+    asgi_fn, async_fn, websocket_fn, Accept, AsgiFn, AsyncBody, AsyncFn, AsyncHandler,
+    AsyncRequest, AsyncResponse, BoxFuture, CloseFrame, Event, Message, Receiver, Sender,
+    WebSocket, WebSocketData, WebSocketFn, WebSocketRequest, WithWebSocket,
 };
 pub use cancel::{CancellationToken, Cancelled, DropGuard};
 pub use context::{Context, EnterGuard, Scoped};
@@ -46,7 +54,7 @@ pub use info::RequestInfo;
 pub use scope::{HttpScope, LifespanScope, Scope};
 pub use state::State;
 pub use sync::{
-    sync_fn, BlockingBody, BodyWriter, IntoChunks, SyncBody, SyncFn, SyncHandler, SyncRequest,
-    SyncResponse,
+    sync_fn, BlockingBody, BlockingWebSocket, BodyWriter, IntoChunks, Messages, SyncBody, SyncFn,
+    SyncHandler, SyncRequest, SyncResponse, SyncWebSocketRequest,
 };
 pub use thread_sensitive::ThreadSensitive;

@@ -6,7 +6,10 @@
 //!   [`Receiver::new`](crate::Receiver::new)) or a [`SharedEventSource`] (one object its owner
 //!   shares, through [`Receiver::shared`](crate::Receiver::shared)); a
 //!   [`Sender`](crate::Sender) checks [`Message`](crate::Message)s against the protocol and
-//!   puts them into a [`MessageSink`] or a [`SharedMessageSink`].
+//!   puts them into a [`MessageSink`] or a [`SharedMessageSink`]. The same ends serve a sync
+//!   handler's websocket: [`SyncWebSocketRequest::new`](crate::SyncWebSocketRequest::new)
+//!   takes them, and its blocking calls poll them from the handler's thread, parking it until
+//!   they wake it (so they must not need a runtime when polled).
 //! - Threads lent to thread-sensitive work: code that blocks a thread on async work (as
 //!   `amphi-async-to-sync` does) lends it with
 //!   [`ThreadSensitive::lend_current_thread`](crate::ThreadSensitive::lend_current_thread) and

@@ -17,7 +17,8 @@ pub enum Scope {
     /// An HTTP request (ASGI `http`).
     Http(HttpScope),
     /// A websocket session (ASGI `websocket`): the same keys as an HTTP request; see
-    /// [`HttpScope::subprotocols`]. Serving websockets is not implemented by the server yet.
+    /// [`HttpScope::subprotocols`]. [`WebSocketRequest`](crate::WebSocketRequest) and
+    /// [`websocket_fn`](crate::websocket_fn) are the sugar over its events.
     WebSocket(HttpScope),
     /// The app's lifespan: startup and shutdown events (ASGI `lifespan`).
     Lifespan(LifespanScope),

@@ -3,6 +3,9 @@
 //! [`Communicator`] plays the server's part for one scope, the way asgiref's
 //! `ApplicationCommunicator` does: the test scripts the events `receive` yields and reads the
 //! messages the handler sends. [`call`] is the one-line version for a whole HTTP exchange.
+//! [`WebSocketCommunicator`] plays a websocket client and its server (asgiref's
+//! `WebsocketCommunicator`): connect, send text or binary, read what the handler sends, see
+//! it accept, deny or close, close or drop the connection.
 //! Nothing here spawns: the handler runs when the test awaits, on the test's own executor.
 
 use std::collections::VecDeque;
@@ -17,7 +20,7 @@ use http::{HeaderMap, StatusCode};
 use crate::plumbing::{EventSource, MessageSink};
 use crate::{
     AsyncHandler, BoxFuture, Error, ErrorKind, Event, HttpScope, Message, Receiver, RequestInfo,
-    Scope, Sender,
+    Scope, Sender, WebSocketData,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -50,11 +53,23 @@ impl MessageSink for CollectSink {
     }
 }
 
-#[derive(Default)]
 struct Inbox {
     queue: VecDeque<Event>,
     closed: bool,
+    /// What `receive` yields forever once the input is closed and drained.
+    on_close: Event,
     waker: Option<Waker>,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Inbox {
+            queue: VecDeque::new(),
+            closed: false,
+            on_close: Event::Disconnect,
+            waker: None,
+        }
+    }
 }
 
 struct InboxSource(Arc<Mutex<Inbox>>);
@@ -66,7 +81,7 @@ impl EventSource for InboxSource {
             return Poll::Ready(Ok(e));
         }
         if inbox.closed {
-            return Poll::Ready(Ok(Event::Disconnect));
+            return Poll::Ready(Ok(inbox.on_close.clone()));
         }
         inbox.waker = Some(cx.waker().clone());
         Poll::Pending
@@ -177,7 +192,14 @@ impl Communicator {
         }
     }
 
-    /// After the queued events, `receive` yields [`Event::Disconnect`] forever.
+    /// How many queued events `receive` has not taken yet: a handler that stops reading
+    /// leaves them here.
+    pub fn pending_input(&self) -> usize {
+        lock(&self.inbox).queue.len()
+    }
+
+    /// After the queued events, `receive` yields [`Event::Disconnect`] forever (for a
+    /// communicator made by [`WebSocketCommunicator`], `websocket.disconnect` with 1006).
     pub fn close_input(&self) {
         let mut inbox = lock(&self.inbox);
         inbox.closed = true;
@@ -372,4 +394,246 @@ pub async fn call_chunked<H: AsyncHandler + ?Sized>(
         body_messages,
         trailers,
     })
+}
+
+/// How a websocket handler answered the handshake; see [`WebSocketCommunicator::connect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Handshake {
+    /// `websocket.accept`.
+    Accepted {
+        /// The subprotocol it chose.
+        subprotocol: Option<String>,
+        /// Its extra headers.
+        headers: HeaderMap,
+    },
+    /// Denied: by `websocket.close` before accept (a 403 with no body), or by a response of
+    /// its own (`websocket.http.response.*`).
+    Denied(TestResponse),
+}
+
+/// Plays a websocket client, and the server between it and a handler, for one session; see
+/// the [module docs](self).
+///
+/// It queues `websocket.connect` when made; [`connect`](Self::connect) runs the handler until
+/// it answers the handshake. Then [`send`](Self::send) queues a `websocket.receive`,
+/// [`receive`](Self::receive) returns the handler's next message, [`close`](Self::close)
+/// delivers the client's close (`websocket.disconnect` with its code), and
+/// [`drop_connection`](Self::drop_connection) a dropped connection (1006, and every later
+/// `send` of the handler fails). Dropping the communicator drops the handler's future, as a
+/// server does when it gives up on a connection.
+///
+/// # Examples
+///
+/// ```
+/// use amphi_core::testing::{Handshake, WebSocketCommunicator};
+/// use amphi_core::{websocket_fn, Message, WebSocketRequest};
+/// use std::sync::Arc;
+///
+/// let handler = Arc::new(websocket_fn(|req: WebSocketRequest| async move {
+///     let mut ws = req.accept().await?;
+///     while let Some(data) = ws.recv().await? {
+///         ws.send(data).await?;
+///     }
+///     // What the client's close said:
+///     assert_eq!(ws.close_frame().unwrap().code(), 4000);
+///     Ok(())
+/// }));
+/// # futures_executor::block_on(async {
+/// let mut client = WebSocketCommunicator::new(handler, http::Request::get("/ws").body(()).unwrap());
+/// assert!(matches!(client.connect().await.unwrap(), Handshake::Accepted { .. }));
+/// client.send("ping");
+/// assert_eq!(client.receive().await, Some(Message::WebSocketSend("ping".into())));
+/// client.close(4000, "done");
+/// client.wait().await.unwrap();
+/// assert_eq!(client.receive().await, None);
+/// # });
+/// ```
+pub struct WebSocketCommunicator {
+    comm: Communicator,
+}
+
+impl WebSocketCommunicator {
+    /// Starts `handler` on a websocket scope for `head`, mounted at the root, with
+    /// `websocket.connect` queued (nothing runs until the test awaits).
+    pub fn new<H: AsyncHandler + ?Sized>(
+        handler: Arc<H>,
+        head: http::Request<()>,
+    ) -> WebSocketCommunicator {
+        let (parts, ()) = head.into_parts();
+        WebSocketCommunicator::from_scope(handler, HttpScope::new(parts, RequestInfo::new()))
+    }
+
+    /// Starts `handler` on a websocket scope of your making (a mount, a context, state).
+    pub fn from_scope<H: AsyncHandler + ?Sized>(
+        handler: Arc<H>,
+        scope: HttpScope,
+    ) -> WebSocketCommunicator {
+        let comm = Communicator::new(handler, Scope::WebSocket(scope));
+        {
+            let mut inbox = lock(&comm.inbox);
+            // A source whose input has ended reports a dropped connection the websocket way.
+            inbox.on_close = Event::WebSocketDisconnect {
+                code: 1006,
+                reason: String::new(),
+            };
+            inbox.queue.push_back(Event::WebSocketConnect);
+        }
+        WebSocketCommunicator { comm }
+    }
+
+    /// Holds at most `capacity` unread messages: past that the handler's `send` waits, as it
+    /// would on a slow client.
+    #[must_use]
+    pub fn output_capacity(self, capacity: usize) -> WebSocketCommunicator {
+        WebSocketCommunicator {
+            comm: self.comm.output_capacity(capacity),
+        }
+    }
+
+    /// Runs the handler until it answers the handshake. A handler that returns `Ok` without
+    /// answering is [`Denied`](Handshake::Denied) with a 403, as a server would answer.
+    ///
+    /// # Errors
+    ///
+    /// The handler's error if it finished without answering; [`ErrorKind::Protocol`] if it
+    /// answered with something other than an accept or a denial, or stopped in the middle of
+    /// a denial response.
+    pub async fn connect(&mut self) -> Result<Handshake, Error> {
+        match self.comm.receive_output().await {
+            Some(Message::WebSocketAccept {
+                subprotocol,
+                headers,
+            }) => Ok(Handshake::Accepted {
+                subprotocol,
+                headers,
+            }),
+            Some(Message::WebSocketClose { .. }) => Ok(Handshake::Denied(TestResponse {
+                status: StatusCode::FORBIDDEN,
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+                body_messages: 0,
+                trailers: None,
+            })),
+            Some(Message::WebSocketResponseStart { status, headers }) => {
+                let mut body = Vec::new();
+                let mut body_messages = 0;
+                loop {
+                    match self.comm.receive_output().await {
+                        Some(Message::WebSocketResponseBody { body: b, more_body }) => {
+                            body_messages += 1;
+                            body.extend_from_slice(&b);
+                            if !more_body {
+                                break;
+                            }
+                        }
+                        Some(other) => {
+                            return Err(Error::protocol(format!(
+                                "{} in a websocket denial response",
+                                other.type_name()
+                            )))
+                        }
+                        None => {
+                            self.comm.wait().await?;
+                            return Err(Error::protocol(
+                                "handler finished in the middle of its denial response",
+                            ));
+                        }
+                    }
+                }
+                Ok(Handshake::Denied(TestResponse {
+                    status,
+                    headers,
+                    body: body.into(),
+                    body_messages,
+                    trailers: None,
+                }))
+            }
+            Some(other) => Err(Error::protocol(format!(
+                "{} sent to answer a websocket handshake",
+                other.type_name()
+            ))),
+            // A handler that returns `Ok` without answering has declined: a server denies
+            // the handshake with a 403, as for a close before accept.
+            None => {
+                self.comm.wait().await?;
+                Ok(Handshake::Denied(TestResponse {
+                    status: StatusCode::FORBIDDEN,
+                    headers: HeaderMap::new(),
+                    body: Bytes::new(),
+                    body_messages: 0,
+                    trailers: None,
+                }))
+            }
+        }
+    }
+
+    /// Sends a message from the client: a `String` or `&str` as text, `Bytes` or `Vec<u8>`
+    /// as binary.
+    pub fn send(&self, data: impl Into<WebSocketData>) {
+        self.comm.send_input(Event::WebSocketReceive(data.into()));
+    }
+
+    /// Queues any event for `receive` (for tests of the raw protocol).
+    pub fn send_input(&self, event: Event) {
+        self.comm.send_input(event);
+    }
+
+    /// The client closes the websocket with `code` (1005: its close frame had none) and
+    /// `reason`: the handler's `receive` yields `websocket.disconnect` with them, after the
+    /// messages queued before.
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        self.comm.send_input(Event::WebSocketDisconnect {
+            code,
+            reason: reason.into(),
+        });
+    }
+
+    /// The connection drops: after the queued messages the handler's `receive` yields
+    /// `websocket.disconnect` with 1006, and every further `send` fails with
+    /// [`ErrorKind::Disconnected`].
+    pub fn drop_connection(&self) {
+        self.comm.disconnect();
+    }
+
+    /// Runs the handler until it sends a message, and returns it; `None` once the handler has
+    /// finished and every message has been read. Waits forever if the handler waits for input
+    /// that never comes: check with [`try_receive`](Self::try_receive) first.
+    pub async fn receive(&mut self) -> Option<Message> {
+        self.comm.receive_output().await
+    }
+
+    /// Runs the handler as far as it goes without waiting, and returns its next message if
+    /// there is one.
+    pub fn try_receive(&mut self) -> Option<Message> {
+        self.comm.try_receive_output()
+    }
+
+    /// How many client messages (and other events) the handler has not taken yet.
+    pub fn pending_input(&self) -> usize {
+        self.comm.pending_input()
+    }
+
+    /// Runs the handler to completion (keeping its messages for later reads) and returns what
+    /// it returned.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Communicator::wait`].
+    pub async fn wait(&mut self) -> Result<(), Error> {
+        self.comm.wait().await
+    }
+
+    /// Whether the handler has returned.
+    pub fn is_finished(&self) -> bool {
+        self.comm.is_finished()
+    }
+}
+
+impl fmt::Debug for WebSocketCommunicator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketCommunicator")
+            .field("finished", &self.is_finished())
+            .finish_non_exhaustive()
+    }
 }

@@ -3,6 +3,7 @@
 mod body;
 mod channel;
 mod event;
+mod websocket;
 
 use std::fmt;
 use std::future::Future;
@@ -14,6 +15,10 @@ pub use channel::{
     EventSource, MessageSink, Receiver, Sender, SharedEventSource, SharedMessageSink,
 };
 pub use event::{Event, Message, WebSocketData};
+pub(crate) use websocket::{client_closed, expect_connect, incoming, Incoming};
+pub use websocket::{
+    websocket_fn, Accept, CloseFrame, WebSocket, WebSocketFn, WebSocketRequest, WithWebSocket,
+};
 
 use crate::{Error, Scope};
 
@@ -140,7 +145,8 @@ pub struct AsyncFn<F> {
 /// [`AsyncResponse`]. The sugar drives the event protocol: the request body streams in from
 /// `receive` as the closure reads it, and the response body streams out through `send`.
 ///
-/// Lifespan events are acknowledged; websocket sessions are denied (closed before accept).
+/// Lifespan events are acknowledged; websocket sessions are denied (closed before accept)
+/// unless [`websocket`](AsyncFn::websocket) adds a websocket handler.
 ///
 /// # Examples
 ///
@@ -223,24 +229,95 @@ where
             parts,
             AsyncBody::incoming(receive),
         ));
-        Box::pin(async move {
-            let (parts, mut body) = fut.await.into_parts();
-            send.send(Message::start(parts.status, parts.headers))
-                .await?;
-            if let Some(len) = body.exact_len() {
-                let bytes = if len == 0 {
-                    bytes::Bytes::new()
-                } else {
-                    body.to_bytes().await?
-                };
-                return send.send(Message::body(bytes, false)).await;
-            }
-            while let Some(chunk) = body.chunk().await? {
-                send.send(Message::body(chunk, true)).await?;
-            }
-            send.send(Message::body(bytes::Bytes::new(), false)).await
-        })
+        Box::pin(async move { send_response(&mut send, fut.await, ResponseKind::Http).await })
     }
+}
+
+impl<F> AsyncFn<F> {
+    /// Serves websocket sessions on the same mount with `websocket`, an async closure taking
+    /// a [`WebSocketRequest`] (as [`websocket_fn`] does); http requests and lifespan stay
+    /// with this handler.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use amphi_core::testing::{Handshake, WebSocketCommunicator};
+    /// use amphi_core::{async_fn, AsyncBody, AsyncRequest, Message, WebSocketRequest};
+    /// use std::sync::Arc;
+    ///
+    /// let app = Arc::new(
+    ///     async_fn(|_req: AsyncRequest| async { http::Response::new(AsyncBody::from("page")) })
+    ///         .websocket(|req: WebSocketRequest| async move {
+    ///             let mut ws = req.accept().await?;
+    ///             while let Some(data) = ws.recv().await? {
+    ///                 ws.send(data).await?;
+    ///             }
+    ///             Ok(())
+    ///         }),
+    /// );
+    ///
+    /// # futures_executor::block_on(async {
+    /// let page = amphi_core::testing::call(&app, http::Request::get("/").body(Default::default()).unwrap()).await.unwrap();
+    /// assert_eq!(page.body, "page");
+    /// let mut client = WebSocketCommunicator::new(app, http::Request::get("/").body(()).unwrap());
+    /// assert!(matches!(client.connect().await.unwrap(), Handshake::Accepted { .. }));
+    /// client.send(vec![1u8, 2, 3]);
+    /// assert_eq!(client.receive().await, Some(Message::WebSocketSend(vec![1u8, 2, 3].into())));
+    /// # });
+    /// ```
+    pub fn websocket<G, Fut>(self, websocket: G) -> WithWebSocket<AsyncFn<F>, WebSocketFn<G>>
+    where
+        G: Fn(WebSocketRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        WithWebSocket::new(self, websocket_fn(websocket))
+    }
+}
+
+/// Which messages carry a response: an http response's, or a websocket denial's.
+#[derive(Clone, Copy)]
+pub(crate) enum ResponseKind {
+    Http,
+    Denial,
+}
+
+impl ResponseKind {
+    fn start(self, status: http::StatusCode, headers: http::HeaderMap) -> Message {
+        match self {
+            ResponseKind::Http => Message::start(status, headers),
+            ResponseKind::Denial => Message::WebSocketResponseStart { status, headers },
+        }
+    }
+
+    fn body(self, body: bytes::Bytes, more_body: bool) -> Message {
+        match self {
+            ResponseKind::Http => Message::body(body, more_body),
+            ResponseKind::Denial => Message::WebSocketResponseBody { body, more_body },
+        }
+    }
+}
+
+/// Sends `response` through `send`: the start, then the body in one message when its length
+/// is known, else chunk by chunk as it is read.
+pub(crate) async fn send_response(
+    send: &mut Sender,
+    response: AsyncResponse,
+    kind: ResponseKind,
+) -> Result<(), Error> {
+    let (parts, mut body) = response.into_parts();
+    send.send(kind.start(parts.status, parts.headers)).await?;
+    if let Some(len) = body.exact_len() {
+        let bytes = if len == 0 {
+            bytes::Bytes::new()
+        } else {
+            body.to_bytes().await?
+        };
+        return send.send(kind.body(bytes, false)).await;
+    }
+    while let Some(chunk) = body.chunk().await? {
+        send.send(kind.body(chunk, true)).await?;
+    }
+    send.send(kind.body(bytes::Bytes::new(), false)).await
 }
 
 async fn acknowledge_lifespan(mut receive: Receiver, mut send: Sender) -> Result<(), Error> {

@@ -3,13 +3,18 @@
 mod body;
 mod request;
 mod response;
+mod websocket;
 
 use std::fmt;
+use std::io;
 use std::sync::Arc;
 
 pub use body::{BlockingBody, IntoChunks};
 pub use request::SyncRequest;
 pub use response::{BodyWriter, SyncBody, SyncResponse};
+pub use websocket::{BlockingWebSocket, Messages, SyncWebSocketRequest};
+
+use crate::WithWebSocket;
 
 /// A blocking (WSGI-like) handler: called on a thread that may block, with a request whose
 /// body is read by blocking I/O; returns a response whose body may be produced by blocking
@@ -56,17 +61,68 @@ pub use response::{BodyWriter, SyncBody, SyncResponse};
 pub trait SyncHandler: Send + Sync + 'static {
     /// Handles one request. Runs on a thread that may block.
     fn call(&self, request: SyncRequest) -> SyncResponse;
+
+    /// Serves one websocket session: accept or deny `request`, then read and write the
+    /// [`BlockingWebSocket`] until done. The default denies (the client gets a 403), so a
+    /// handler that does not implement it serves no websockets.
+    ///
+    /// It runs on a blocking thread *for the whole session*: an adapter that runs it on a
+    /// bounded pool (`amphi-sync-to-async`'s `SyncToAsync`) holds one of the pool's slots
+    /// until it returns, so every open websocket takes a slot from the http requests. Size
+    /// the pool for both, or serve busy websockets with an async handler.
+    ///
+    /// Returning ends the session: after `Ok` whoever runs the handler closes with 1000 if
+    /// the handler accepted and did not close, and denies with a 403 if it never answered;
+    /// after `Err` or a panic it closes with 1011 (accepted) or answers 500 (not answered).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use amphi_core::{SyncBody, SyncHandler, SyncRequest, SyncResponse, SyncWebSocketRequest};
+    /// use std::io;
+    ///
+    /// struct Echo;
+    ///
+    /// impl SyncHandler for Echo {
+    ///     fn call(&self, _req: SyncRequest) -> SyncResponse {
+    ///         http::Response::new(SyncBody::from("connect with a websocket"))
+    ///     }
+    ///
+    ///     fn websocket(&self, request: SyncWebSocketRequest) -> io::Result<()> {
+    ///         let ws = request.accept()?;
+    ///         while let Some(message) = ws.recv()? {
+    ///             ws.send(message)?;
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The handler's own, logged by whoever runs it; see above for what the client gets.
+    fn websocket(&self, request: SyncWebSocketRequest) -> io::Result<()> {
+        request.deny()
+    }
 }
 
 impl<H: SyncHandler + ?Sized> SyncHandler for Arc<H> {
     fn call(&self, request: SyncRequest) -> SyncResponse {
         (**self).call(request)
     }
+
+    fn websocket(&self, request: SyncWebSocketRequest) -> io::Result<()> {
+        (**self).websocket(request)
+    }
 }
 
 impl<H: SyncHandler + ?Sized> SyncHandler for Box<H> {
     fn call(&self, request: SyncRequest) -> SyncResponse {
         (**self).call(request)
+    }
+
+    fn websocket(&self, request: SyncWebSocketRequest) -> io::Result<()> {
+        (**self).websocket(request)
     }
 }
 
@@ -102,6 +158,48 @@ where
 {
     fn call(&self, request: SyncRequest) -> SyncResponse {
         (self.f)(request)
+    }
+}
+
+impl<F> SyncFn<F> {
+    /// Serves websocket sessions on the same mount with `websocket`, a blocking closure
+    /// taking a [`SyncWebSocketRequest`] (see [`SyncHandler::websocket`], which it
+    /// implements); http requests stay with this handler.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use amphi_core::{sync_fn, SyncBody, SyncRequest, SyncWebSocketRequest};
+    ///
+    /// let app = sync_fn(|_req: SyncRequest| http::Response::new(SyncBody::from("page")))
+    ///     .websocket(|req: SyncWebSocketRequest| {
+    ///         let ws = req.accept()?;
+    ///         for message in &ws {
+    ///             ws.send(message?)?;
+    ///         }
+    ///         Ok(())
+    ///     });
+    /// # let _ = app;
+    /// ```
+    pub fn websocket<G>(self, websocket: G) -> WithWebSocket<SyncFn<F>, G>
+    where
+        G: Fn(SyncWebSocketRequest) -> io::Result<()> + Send + Sync + 'static,
+    {
+        WithWebSocket::new(self, websocket)
+    }
+}
+
+impl<H, G> SyncHandler for WithWebSocket<H, G>
+where
+    H: SyncHandler,
+    G: Fn(SyncWebSocketRequest) -> io::Result<()> + Send + Sync + 'static,
+{
+    fn call(&self, request: SyncRequest) -> SyncResponse {
+        self.http.call(request)
+    }
+
+    fn websocket(&self, request: SyncWebSocketRequest) -> io::Result<()> {
+        (self.websocket)(request)
     }
 }
 
