@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use amphi_core::{
-    AsyncHandler, BlockingBody, BoxFuture, Error, ErrorKind, Event, HttpScope, Message, Receiver,
-    Scope, Sender, SyncHandler, SyncRequest, ThreadSensitive,
+    AsyncHandler, BlockingBody, BoxFuture, Context, Error, ErrorKind, Event, HttpScope, Message,
+    Receiver, Scope, Sender, SyncHandler, SyncRequest, ThreadSensitive,
 };
 use bytes::Bytes;
 
@@ -44,9 +44,35 @@ use crate::pool::{BlockingPool, Slot};
 /// # Scopes
 ///
 /// - `http`: served as described.
-/// - `websocket`: denied (closed before accept; a server answers 403).
+/// - `websocket`: the handler's [`SyncHandler::websocket`] runs on a blocking thread (denying
+///   by default), see below.
 /// - `lifespan`: returns at once without sending anything, which tells the server this app
 ///   takes no lifespan events.
+///
+/// # Websockets
+///
+/// A websocket session runs [`SyncHandler::websocket`] the way a request runs `call`: on the
+/// blocking pool or the thread-sensitive context, counted against the pool, and it **holds
+/// its pool slot (and its thread) for the whole session**, until the handler returns. Each
+/// open sync websocket is one slot fewer for http requests: size the pool for both.
+///
+/// Its [`BlockingWebSocket`](amphi_core::BlockingWebSocket) talks to `receive` and `send`
+/// through two bounded queues of 4 messages each: a handler that stops reading stops this
+/// future reading `receive` (so the server stops reading the socket), and one that sends
+/// faster than the client reads blocks in `send`. Memory per session is bounded by those 8
+/// messages plus the server's own buffers.
+///
+/// When the handler returns, the future completes the protocol: after `Ok`, a close with
+/// 1000 if it accepted and did not close, a denial (403) if it never answered; after an
+/// error or a panic, a close with 1011 if it had accepted, and nothing if it had not (the
+/// future returns the error, and the server answers 500). A client that closed or dropped
+/// is owed nothing. Then the future returns the handler's error, if any, for the log.
+///
+/// The client going away (`websocket.disconnect` with 1006, or this future dropped) flips
+/// the session's token (a child of the scope context's) and fails the handler's blocking
+/// `recv` and `send` with `ConnectionAborted`; messages that arrived before are still
+/// read first. Like any blocking call, the handler itself is not interrupted: its slot
+/// comes back when it returns.
 ///
 /// # Errors
 ///
@@ -195,53 +221,46 @@ impl<H: SyncHandler> SyncToAsync<H> {
         &self,
         scope: Scope,
         receive: Receiver,
-        mut send: Sender,
+        send: Sender,
     ) -> BoxFuture<'static, Result<(), Error>> {
-        match scope {
-            Scope::Http(scope) => {
-                let place = self.place.thread_for(&scope);
-                let launch = Launch {
-                    handler: self.handler.clone(),
-                    pool: self.pool.clone(),
-                    slot: None,
-                    place,
-                    scope,
-                    receive,
-                    send,
-                };
-                match &self.pool {
-                    None => Box::pin(Serve::Launch(launch)),
-                    Some(pool) => match pool.try_acquire() {
-                        Some(slot) => Box::pin(Serve::Launch(Launch {
+        let (scope, websocket) = match scope {
+            Scope::Http(scope) => (scope, false),
+            Scope::WebSocket(scope) => (scope, true),
+            // Returning without a message: this app takes no lifespan events (ASGI's rule).
+            _ => return Box::pin(async { Ok(()) }),
+        };
+        let place = self.place.thread_for(&scope);
+        let launch = Launch {
+            handler: self.handler.clone(),
+            pool: self.pool.clone(),
+            slot: None,
+            place,
+            scope,
+            receive,
+            send,
+            websocket,
+        };
+        match &self.pool {
+            None => Box::pin(Serve::Launch(launch)),
+            Some(pool) => match pool.try_acquire() {
+                Some(slot) => Box::pin(Serve::Launch(Launch {
+                    slot: Some(slot),
+                    ..launch
+                })),
+                // The wait for a slot holds a timer: only the requests that wait carry it.
+                None => {
+                    let pool = pool.clone();
+                    Box::pin(async move {
+                        let token = launch.scope.context().token().clone();
+                        let slot = pool.acquire(&token).await?;
+                        Serve::Launch(Launch {
                             slot: Some(slot),
                             ..launch
-                        })),
-                        // The wait for a slot holds a timer: only the requests that wait
-                        // carry it.
-                        None => {
-                            let pool = pool.clone();
-                            Box::pin(async move {
-                                let token = launch.scope.context().token().clone();
-                                let slot = pool.acquire(&token).await?;
-                                Serve::Launch(Launch {
-                                    slot: Some(slot),
-                                    ..launch
-                                })
-                                .await
-                            })
-                        }
-                    },
+                        })
+                        .await
+                    })
                 }
-            }
-            Scope::WebSocket(_) => Box::pin(async move {
-                send.send(Message::WebSocketClose {
-                    code: 1000,
-                    reason: String::new(),
-                })
-                .await
-            }),
-            // Returning without a message: this app takes no lifespan events (ASGI's rule).
-            _ => Box::pin(async { Ok(()) }),
+            },
         }
     }
 }
@@ -274,11 +293,34 @@ struct Launch<H> {
     scope: HttpScope,
     receive: Receiver,
     send: Sender,
+    /// A websocket session rather than an http request.
+    websocket: bool,
 }
 
 impl<H: SyncHandler> Launch<H> {
     /// Starts the blocking side and returns the async side that serves it.
-    fn start(self, cx: &mut TaskContext<'_>) -> Result<Drive, Error> {
+    fn start(self, cx: &mut TaskContext<'_>) -> Result<Serve<H>, Error> {
+        if self.websocket {
+            let Launch {
+                handler,
+                pool,
+                slot,
+                place,
+                scope,
+                receive,
+                send,
+                ..
+            } = self;
+            return Ok(Serve::WebSocket(crate::websocket::start(
+                handler,
+                pool.as_ref(),
+                slot,
+                place,
+                scope,
+                receive,
+                send,
+            )?));
+        }
         let Launch {
             handler,
             pool,
@@ -287,6 +329,7 @@ impl<H: SyncHandler> Launch<H> {
             scope,
             mut receive,
             send,
+            ..
         } = self;
         let context = scope.context().child();
         let cancel = context.token().clone().drop_guard();
@@ -327,7 +370,7 @@ impl<H: SyncHandler> Launch<H> {
             body,
             exchange.clone(),
         )?;
-        Ok(Drive {
+        Ok(Serve::Drive(Drive {
             end: AsyncEnd::new(exchange, cancel),
             receive,
             send,
@@ -335,7 +378,7 @@ impl<H: SyncHandler> Launch<H> {
             pending: None,
             then: None,
             finished: false,
-        })
+        }))
     }
 }
 
@@ -352,10 +395,51 @@ pub(crate) fn spawn_blocking_side<H: SyncHandler>(
     exchange: Arc<Exchange>,
 ) -> Result<(), Error> {
     let context = scope.context().clone();
+    let report = exchange.clone();
+    spawn_blocking_work(pool, slot, place, context, report, move || {
+        run_handler(&*handler, scope, body, &exchange)
+    })
+}
+
+/// Where the blocking side of a request reports how it ended: the http exchange, or a
+/// websocket session.
+pub(crate) trait Report: Send + Sync + 'static {
+    type Outcome: Send + 'static;
+
+    /// The blocking side ended with `outcome`.
+    fn finish(&self, outcome: Result<Self::Outcome, Error>);
+
+    /// The blocking side was dropped unrun.
+    fn abandon(&self);
+}
+
+impl Report for Exchange {
+    type Outcome = Outcome;
+
+    fn finish(&self, outcome: Result<Outcome, Error>) {
+        Exchange::finish(self, outcome);
+    }
+
+    fn abandon(&self) {
+        Exchange::abandon(self);
+    }
+}
+
+/// Starts `work`, a request's blocking side, on tokio's blocking pool (or on `place`'s
+/// thread) in `context`, holding `slot` until it returns, and reports its outcome to
+/// `report`.
+pub(crate) fn spawn_blocking_work<R: Report>(
+    pool: Option<&BlockingPool>,
+    slot: Option<Slot>,
+    place: Option<ThreadSensitive>,
+    context: Context,
+    report: Arc<R>,
+    work: impl FnOnce() -> Result<R::Outcome, Error> + Send + 'static,
+) -> Result<(), Error> {
     let span = tracing::Span::current();
     // Made out here and moved in: if the closure is dropped unrun (runtime shutdown, or a
     // lent thread-sensitive context that ended), its drop still tells the async side.
-    let done = Abandon(Some(exchange.clone()));
+    let done = Abandon(Some(report));
     let blocking = move || {
         // A request whose caller went away while it waited (in the lane's queue, on a
         // thread-sensitive thread, in tokio's queue, or through a runtime shutdown) never
@@ -370,7 +454,7 @@ pub(crate) fn spawn_blocking_side<H: SyncHandler>(
             let _slot = slot;
             let _context = context.enter();
             let _span = span.enter();
-            run_handler(&*handler, scope, body, &exchange)
+            work()
         };
         // The slot is back before the caller hears the outcome: a caller that saw its
         // response complete never counts the call as still in flight.
@@ -397,6 +481,7 @@ fn not_started() -> Error {
 enum Serve<H> {
     Launch(Launch<H>),
     Drive(Drive),
+    WebSocket(crate::websocket::Session),
     Done,
 }
 
@@ -409,10 +494,11 @@ impl<H: SyncHandler> Future for Serve<H> {
             let Serve::Launch(launch) = std::mem::replace(this, Serve::Done) else {
                 unreachable!("matched Launch above")
             };
-            *this = Serve::Drive(launch.start(cx)?);
+            *this = launch.start(cx)?;
         }
         match this {
             Serve::Drive(drive) => Pin::new(drive).poll(cx),
+            Serve::WebSocket(session) => Pin::new(session).poll(cx),
             _ => panic!("the request's future was polled after it completed"),
         }
     }
@@ -466,18 +552,18 @@ fn run_handler<H: SyncHandler + ?Sized>(
     }
 }
 
-/// Reports the blocking side's end to the exchange, even when the closure is dropped unrun.
-struct Abandon(Option<Arc<Exchange>>);
+/// Reports the blocking side's end, even when the closure is dropped unrun.
+struct Abandon<R: Report>(Option<Arc<R>>);
 
-impl Abandon {
-    fn finish(mut self, outcome: Result<Outcome, Error>) {
+impl<R: Report> Abandon<R> {
+    fn finish(mut self, outcome: Result<R::Outcome, Error>) {
         if let Some(x) = self.0.take() {
             x.finish(outcome);
         }
     }
 }
 
-impl Drop for Abandon {
+impl<R: Report> Drop for Abandon<R> {
     fn drop(&mut self) {
         if let Some(x) = self.0.take() {
             x.abandon();

@@ -51,6 +51,7 @@ mod exchange;
 mod handler;
 mod lane;
 mod pool;
+mod websocket;
 
 pub use call::{sync_to_async, SyncCall, SyncCallFuture};
 pub use direct::{HttpBody, HttpCall};
