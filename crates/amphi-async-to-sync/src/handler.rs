@@ -10,7 +10,7 @@ use amphi_core::plumbing::{EventSource, MessageSink};
 use amphi_core::{
     AsyncHandler, BlockingBody, BoxFuture, CancellationToken, Cancelled, Context, DropGuard, Error,
     ErrorKind, Event, HttpScope, Message, Receiver, Scope, Sender, SyncBody, SyncHandler,
-    SyncRequest, SyncResponse, ThreadSensitive,
+    SyncRequest, SyncResponse, SyncWebSocketRequest, ThreadSensitive,
 };
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -55,6 +55,17 @@ const OUT_CAPACITY: usize = 4;
 /// from `receive`. The response body ends with the handler's last body message, and the
 /// server then drops it: work the handler does after that message (cleanup, or an await
 /// before trailers) may be cancelled at its next await, so do it before the last body.
+///
+/// # Websockets
+///
+/// [`SyncHandler::websocket`] serves the session with the async handler on a
+/// [`Scope::WebSocket`]: the caller's thread drives the handler until it returns, over the
+/// session's own `receive` and `send` ends (the
+/// [`SyncWebSocketRequest`]'s, handed over as they are: no thread and no queue of its own).
+/// When the caller's request is cancelled, the handler's `receive` yields
+/// `websocket.disconnect` with 1006 once the events before it are read. The handler's error
+/// (or panic) comes back as the `io::Error` of the call, for the caller to close 1011 or deny
+/// 500 as its runner does.
 ///
 /// # Examples
 ///
@@ -104,6 +115,10 @@ impl<H> fmt::Debug for AsyncToSync<H> {
 }
 
 impl<H: AsyncHandler> SyncHandler for AsyncToSync<H> {
+    fn websocket(&self, request: SyncWebSocketRequest) -> io::Result<()> {
+        self.serve_websocket(request)
+    }
+
     fn call(&self, request: SyncRequest) -> SyncResponse {
         let (scope, body) = request.into_parts();
         let (parts, info, request_context, state) = scope.into_parts();
@@ -153,6 +168,76 @@ impl<H: AsyncHandler> SyncHandler for AsyncToSync<H> {
         *response.headers_mut() = headers;
         *response.body_mut() = driver.into_body();
         response
+    }
+}
+
+impl<H: AsyncHandler> AsyncToSync<H> {
+    /// [`SyncHandler::websocket`]: drives the handler on this thread over the session's own
+    /// ends (no thread or queue of its own), until it returns.
+    fn serve_websocket(&self, request: SyncWebSocketRequest) -> io::Result<()> {
+        let (scope, receive, send) = request.into_parts();
+        let (parts, info, request_context, state) = scope.into_parts();
+        let context = request_context.child();
+        let token = context.token().clone();
+        let scope = HttpScope::from_parts(parts, info, context.clone(), state);
+        let receive = Receiver::new(Watched {
+            inner: receive,
+            token: token.clone(),
+            cancelled: None,
+        });
+        let future = H::call_owned(self.handler.clone(), Scope::WebSocket(scope), receive, send);
+        let mut session = Session {
+            future,
+            cancel: Some(token.drop_guard()),
+        };
+        let loan = ThreadSensitive::lend_current_thread();
+        let span = tracing::Span::current();
+        let result = block_on_drive(&mut session, Some(&context), &span, &loan);
+        result.and_then(|r| r).map_err(Error::into_io)
+    }
+}
+
+/// The handler's `receive` in a websocket session: the session's own, and a
+/// `websocket.disconnect` with 1006 once the caller's request is cancelled, so that the
+/// handler hears of a client gone even from ends that do not say so themselves.
+struct Watched {
+    inner: Receiver,
+    token: CancellationToken,
+    cancelled: Option<Cancelled>,
+}
+
+impl EventSource for Watched {
+    fn poll_event(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Event, Error>> {
+        if let Poll::Ready(event) = self.inner.poll_receive(cx) {
+            return Poll::Ready(event);
+        }
+        let cancelled = self.cancelled.get_or_insert_with(|| self.token.cancelled());
+        match std::pin::Pin::new(cancelled).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Ok(Event::WebSocketDisconnect {
+                code: 1006,
+                reason: String::new(),
+            })),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A websocket handler's future, driven on the calling thread.
+struct Session {
+    future: BoxFuture<'static, Result<(), Error>>,
+    /// Flips the handler's token if the future is dropped before it finished (a panic).
+    cancel: Option<DropGuard>,
+}
+
+impl Drive for Session {
+    type Output = Result<(), Error>;
+
+    fn poll_drive(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        let result = std::task::ready!(self.future.as_mut().poll(cx));
+        if let Some(guard) = self.cancel.take() {
+            guard.disarm();
+        }
+        Poll::Ready(result)
     }
 }
 
