@@ -47,15 +47,16 @@ pub use amphi_server::{shutdown_signal, Router, ServeError, Server, Serving, Shu
 /// The names most amphi programs use: `use amphi::prelude::*;`.
 ///
 /// Handler traits and their closure constructors for both kinds, the request, response and
-/// body types, the async protocol (scopes, events, messages, `receive`/`send`), context,
-/// state, errors, both adapters, and the server.
+/// body types, websockets for both kinds, the async protocol (scopes, events, messages,
+/// `receive`/`send`), context, state, errors, both adapters, and the server.
 pub mod prelude {
     pub use amphi_async_to_sync::{async_to_sync, AsyncToSync};
     pub use amphi_core::{
-        asgi_fn, async_fn, sync_fn, AsyncBody, AsyncHandler, AsyncRequest, AsyncResponse,
-        BlockingBody, CancellationToken, Context, Error, ErrorKind, Event, HttpScope,
-        LifespanScope, Message, Receiver, Scope, Sender, State, SyncBody, SyncHandler, SyncRequest,
-        SyncResponse, ThreadSensitive,
+        asgi_fn, async_fn, sync_fn, websocket_fn, AsyncBody, AsyncHandler, AsyncRequest,
+        AsyncResponse, BlockingBody, BlockingWebSocket, CancellationToken, Context, Error,
+        ErrorKind, Event, HttpScope, LifespanScope, Message, Receiver, Scope, Sender, State,
+        SyncBody, SyncHandler, SyncRequest, SyncResponse, SyncWebSocketRequest, ThreadSensitive,
+        WebSocket, WebSocketData, WebSocketRequest,
     };
     pub use amphi_server::{shutdown_signal, Router, ServeError, Server, Serving};
     pub use amphi_sync_to_async::{sync_to_async, BlockingPool, SyncToAsync};
