@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
-use crate::idle::ConnState;
+use crate::conn::ConnState;
 use crate::router::HandlerKind;
 
 /// How a request ended, as the access log says it.

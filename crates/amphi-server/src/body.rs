@@ -9,8 +9,10 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 use crate::access::{AccessRecord, Outcome};
+use crate::driver::Driver;
+use crate::error::Chain;
+use crate::exchange::Next;
 use crate::response_rate::DrainClock;
-use crate::service::{Chain, Driver};
 
 /// The body of every response the server sends.
 pub(crate) struct ResponseBody {
@@ -47,7 +49,7 @@ impl ResponseBody {
         mut drain: Option<DrainClock>,
     ) -> ResponseBody {
         if let Some(d) = &mut drain {
-            d.register(&driver.exchange);
+            d.register(driver.exchange.clone());
         }
         ResponseBody {
             kind: Kind::Stream {
@@ -87,29 +89,27 @@ impl http_body::Body for ResponseBody {
             .as_mut()
             .expect("the record lives as long as the body");
         loop {
-            {
-                let mut out = driver.exchange.lock();
-                if let Some(chunk) = out.chunk.take() {
+            let next = driver.exchange.lock().next_frame(driver.is_running());
+            match next {
+                Next::Data(chunk) => {
                     record.bytes += chunk.len() as u64;
                     if let Some(d) = drain.as_mut() {
                         d.handed(chunk.len() as u64);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
-                if out.response_done {
-                    if let Some(trailers) = out.trailers.take() {
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
-                    if !driver.is_running() {
-                        record.outcome = if out.client_gone {
-                            Outcome::ClientGone
-                        } else {
-                            Outcome::Complete
-                        };
-                        return Poll::Ready(None);
-                    }
-                } else if !driver.is_running() {
-                    drop(out);
+                Next::Trailers(trailers) => {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                Next::End { client_gone } => {
+                    record.outcome = if client_gone {
+                        Outcome::ClientGone
+                    } else {
+                        Outcome::Complete
+                    };
+                    return Poll::Ready(None);
+                }
+                Next::Unfinished => {
                     tracing::error!(
                         path = record.path(),
                         "protocol misuse: handler returned before finishing its response; cutting it"
@@ -119,18 +119,17 @@ impl http_body::Body for ResponseBody {
                         "handler returned before finishing its response",
                     ))));
                 }
+                Next::PollHandler => {}
             }
             match driver.poll_handler(cx) {
                 Poll::Pending => {
-                    let out = driver.exchange.lock();
-                    let more = out.chunk.is_some() || (out.response_done && out.trailers.is_some());
-                    if !more {
+                    if !driver.exchange.lock().has_frame() {
                         return Poll::Pending;
                     }
                 }
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
-                    if driver.exchange.lock().response_done {
+                    if driver.exchange.lock().is_done() {
                         tracing::warn!(error = %Chain(&e), "handler failed after completing its response");
                         continue;
                     }

@@ -50,24 +50,33 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod accept;
 mod access;
+mod app;
 mod body;
+mod builder;
+mod conn;
+mod drain;
+mod driver;
 mod error;
 mod exchange;
 mod idle;
 mod lifespan;
+mod listener;
+mod reply;
+mod response;
 mod response_rate;
 mod router;
-mod serve;
 mod service;
-mod sync_mount;
+mod serving;
 
+pub use builder::{
+    Server, DEFAULT_BLOCKING_THREADS, DEFAULT_BODY_GRACE_PERIOD, DEFAULT_GRACE_PERIOD,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MIN_BODY_RATE,
+    DEFAULT_MIN_RESPONSE_RATE, DEFAULT_QUEUE_TIMEOUT, DEFAULT_RESPONSE_GRACE_PERIOD,
+    DEFAULT_RESPONSE_STALL_TIMEOUT,
+};
 pub use error::ServeError;
 pub use router::Router;
-pub use serve::{
-    shutdown_signal, Server, Serving, ShutdownHandle, DEFAULT_BLOCKING_THREADS,
-    DEFAULT_BODY_GRACE_PERIOD, DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MIN_BODY_RATE, DEFAULT_MIN_RESPONSE_RATE, DEFAULT_QUEUE_TIMEOUT,
-    DEFAULT_RESPONSE_GRACE_PERIOD, DEFAULT_RESPONSE_STALL_TIMEOUT,
-};
+pub use serving::{shutdown_signal, Serving, ShutdownHandle};

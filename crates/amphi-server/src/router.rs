@@ -5,9 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use amphi_core::{AsyncHandler, SyncHandler};
-use amphi_sync_to_async::BlockingPool;
+use amphi_sync_to_async::{BlockingPool, SyncToAsync};
 
-use crate::sync_mount::{self, SyncMount};
 use crate::ServeError;
 
 /// Mounts sync handlers, async handlers and other routers under path prefixes.
@@ -198,7 +197,7 @@ impl Router {
             }
             let (target, sync, kind) = match flat {
                 Flat::Sync(h) => {
-                    let mount = sync_mount::mount(h.clone(), pool);
+                    let mount: SyncMount = Arc::new(SyncToAsync::new(h.clone()).pool(pool.clone()));
                     let target: Arc<dyn AsyncHandler> = mount.clone();
                     (Some(target), Some(mount), HandlerKind::Sync)
                 }
@@ -258,6 +257,11 @@ impl HandlerKind {
         }
     }
 }
+
+/// A mounted sync handler, taking one slot of the server's pool per request. Requests whose
+/// body the server holds already (every GET) go through [`SyncToAsync::call_http`], the rest
+/// through its `AsyncHandler` side, which streams the body in.
+pub(crate) type SyncMount = Arc<SyncToAsync<Arc<dyn SyncHandler>>>;
 
 /// One flattened mount.
 pub(crate) struct Route {
