@@ -98,16 +98,18 @@ async fn run<L: Listen>(
             }
         };
         listener.prepare(&io);
+        let state = ConnState::new(app.counters.clone());
         let service = ConnService {
             app: app.clone(),
             client,
             server: server_addr,
-            conn: ConnState::new(app.clone()),
+            conn: Some(state.clone()),
             watch: settings.response_rate.map(ConnWatch::new),
         };
         let served = serve(
             io,
             service,
+            state,
             builder.clone(),
             DrainWatch::new(drain.clone()),
             settings.header_read_timeout,
@@ -120,7 +122,7 @@ async fn run<L: Listen>(
     drop(listener);
     tracing::info!(
         connections = conns.len(),
-        requests = app.in_flight.load(Ordering::Relaxed),
+        requests = app.counters.in_flight.load(Ordering::Relaxed),
         "shutting down: stopped accepting; draining for up to {grace_period:?}"
     );
     let drained = tokio::time::timeout(grace_period, async {
@@ -131,10 +133,10 @@ async fn run<L: Listen>(
     if drained.is_err() {
         tracing::warn!(
             connections = conns.len(),
-            requests = app.in_flight.load(Ordering::Relaxed),
+            requests = app.counters.in_flight.load(Ordering::Relaxed),
             "grace period over: cutting what is still running"
         );
-        app.cutting.store(true, Ordering::Relaxed);
+        app.counters.cutting.store(true, Ordering::Relaxed);
         conns.shutdown().await;
     }
     lifespans.shutdown(lifespan_timeout).await;
@@ -151,6 +153,7 @@ async fn run<L: Listen>(
 pub(crate) fn serve<I>(
     io: I,
     service: ConnService,
+    state: Arc<ConnState>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut drain: DrainWatch,
     head_timeout: Option<Duration>,
@@ -159,7 +162,6 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async move {
-        let state = service.conn.clone();
         let watch = service.watch.clone();
         // Made here, borrowing the shared builder, rather than made outside and moved in: a
         // captured connection would be laid out twice in this future (the capture and the

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +12,12 @@ use tokio::net::{TcpListener, ToSocketAddrs, UnixListener};
 
 use crate::accept::Prepared;
 use crate::app::App;
-use crate::conn::ConnSettings;
+use crate::conn::{ConnSettings, Counters};
 use crate::exchange::BodyRate;
 use crate::lifespan::Lifespans;
 use crate::listener::listen_tcp;
 use crate::response_rate::ResponseRate;
+use crate::router::Compile;
 use crate::serving::Serving;
 use crate::{Router, ServeError};
 
@@ -76,7 +76,7 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 ///
 /// # Shutdown
 ///
-/// On [`ShutdownHandle::shutdown`] (or a signal, with [`Serving::run_until`] and
+/// On [`ShutdownHandle::shutdown`](crate::ShutdownHandle::shutdown) (or a signal, with [`Serving::run_until`](crate::Serving::run_until) and
 /// [`shutdown_signal`](crate::shutdown_signal)): the listener closes at once, idle keep-alive
 /// connections are closed, in-flight requests of both kinds run to completion and their
 /// connections close after them (HTTP/2 gets a GOAWAY), for up to
@@ -386,34 +386,40 @@ impl Server {
         }
     }
 
-    async fn prepare(self) -> Result<Prepared, ServeError> {
+    /// The app: the routes compiled against the pool, with the request limits.
+    fn app(&self) -> Result<(Arc<App>, BlockingPool), ServeError> {
         let pool = self.pool.clone().unwrap_or_else(|| {
             BlockingPool::new(self.blocking_threads).queue_timeout(self.queue_timeout)
         });
-        let routes = self.router.compile(&pool)?;
-        let mut seen = Vec::<*const ()>::new();
-        let mut lifespan_handlers: Vec<(String, Arc<dyn AsyncHandler>)> = Vec::new();
-        // Lifespan startup runs in mount order, shutdown in reverse.
-        for r in routes.in_mount_order() {
-            if let (true, Some(h)) = (r.lifespan, &r.target) {
-                let ptr = Arc::as_ptr(h) as *const ();
-                if !seen.contains(&ptr) {
-                    seen.push(ptr);
-                    lifespan_handlers.push((r.prefix.to_string(), h.clone()));
-                }
-            }
-        }
-        let lifespan_timeout = self.grace_period.max(Duration::from_secs(1));
-        let lifespans =
-            Lifespans::startup(lifespan_handlers, &self.state, lifespan_timeout).await?;
-        let app = Arc::new(App {
-            routes,
-            state: self.state,
+        let counters = Arc::new(Counters::default());
+        let routes = self.router.compile(&Compile {
+            pool: &pool,
+            state: &self.state,
             max_body: self.max_body_bytes,
             body_rate: self.body_rate,
-            in_flight: AtomicUsize::new(0),
-            cutting: AtomicBool::new(false),
+            counters: &counters,
+        })?;
+        let app = Arc::new(App {
+            routes,
+            state: self.state.clone(),
+            max_body: self.max_body_bytes,
+            body_rate: self.body_rate,
+            counters,
         });
+        Ok((app, pool))
+    }
+
+    async fn prepare(self) -> Result<Prepared, ServeError> {
+        let (app, pool) = self.app()?;
+        // Lifespan startup runs in mount order, shutdown in reverse.
+        let handlers: Vec<(String, Arc<dyn AsyncHandler>)> = app
+            .routes
+            .lifespans
+            .iter()
+            .map(|(prefix, h)| (prefix.to_string(), h.clone()))
+            .collect();
+        let lifespan_timeout = self.grace_period.max(Duration::from_secs(1));
+        let lifespans = Lifespans::startup(handlers, &self.state, lifespan_timeout).await?;
         Ok(Prepared {
             app,
             pool,
@@ -428,5 +434,34 @@ impl Server {
             max_connections: self.max_connections,
             grace_period: self.grace_period,
         })
+    }
+}
+
+#[cfg(feature = "tower")]
+impl Server {
+    /// The server's router as a tower service, for axum's `route_service`/`nest_service` or
+    /// any tower-based server: each request is served as this server would serve it, with
+    /// its pool (`503` on saturation), body limit and minimum body rate; see
+    /// [`RouterService`](crate::tower::RouterService) for what the host server keeps.
+    /// Lifespan is not run (`tower` feature).
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::is_routes`] for an invalid router.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use amphi_core::{sync_fn, SyncBody};
+    /// use amphi_server::{Router, Server};
+    ///
+    /// let legacy = Router::new().mount_sync("/", sync_fn(|_req| http::Response::new(SyncBody::from("blocking"))));
+    /// let service = Server::new(legacy).blocking_threads(8).into_service().unwrap();
+    /// // axum::Router::new().nest_service("/legacy", service)
+    /// # let _ = service;
+    /// ```
+    pub fn into_service(self) -> Result<crate::tower::RouterService, ServeError> {
+        let (app, _pool) = self.app()?;
+        Ok(crate::tower::RouterService::new(app))
     }
 }

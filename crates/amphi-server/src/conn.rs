@@ -9,12 +9,20 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::time::Instant;
 
-use crate::app::App;
 use crate::response_rate::ResponseRate;
+
+/// What every request of one server counts, and the shutdown reads.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Requests whose access record is alive.
+    pub(crate) in_flight: AtomicUsize,
+    /// Set when the grace period is over and the remaining connections are being cut.
+    pub(crate) cutting: AtomicBool,
+}
 
 /// What one connection's requests and its task share.
 pub(crate) struct ConnState {
-    pub(crate) app: Arc<App>,
+    pub(crate) counters: Arc<Counters>,
     /// The origin of `idle_since`.
     base: Instant,
     /// Requests whose response is not finished (their access record is alive).
@@ -28,9 +36,9 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
-    pub(crate) fn new(app: Arc<App>) -> Arc<ConnState> {
+    pub(crate) fn new(counters: Arc<Counters>) -> Arc<ConnState> {
         Arc::new(ConnState {
-            app,
+            counters,
             base: Instant::now(),
             active: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),

@@ -13,12 +13,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
+use crate::incoming::Incoming;
 use amphi_core::plumbing::{SharedEventSource, SharedMessageSink};
 use amphi_core::{CancellationToken, Error, ErrorKind, Event, Message};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::response_rate::{WaitState, Watched};
@@ -312,7 +312,7 @@ impl BodyRate {
 }
 
 /// The clock of [`BodyRate`]: how long the handler has waited for the client so far.
-struct RateClock {
+pub(crate) struct RateClock {
     rate: BodyRate,
     waited: Duration,
     /// Since when the handler waits for the next frame, while it does.
@@ -321,9 +321,23 @@ struct RateClock {
 }
 
 impl RateClock {
+    pub(crate) fn new(rate: BodyRate) -> RateClock {
+        RateClock {
+            rate,
+            waited: Duration::ZERO,
+            waiting_since: None,
+            timer: None,
+        }
+    }
+
+    /// The minimum rate, for error messages.
+    pub(crate) fn bytes_per_second(&self) -> u64 {
+        self.rate.bytes_per_second
+    }
+
     /// The handler waits for the client: whether the client is now too slow, else arms the
     /// timer that wakes the handler when it would be.
-    fn poll_too_slow(&mut self, received: u64, cx: &mut TaskContext<'_>) -> bool {
+    pub(crate) fn poll_too_slow(&mut self, received: u64, cx: &mut TaskContext<'_>) -> bool {
         let since = *self.waiting_since.get_or_insert_with(Instant::now);
         let deadline = since + self.rate.allowance(received).saturating_sub(self.waited);
         let timer = self
@@ -336,7 +350,7 @@ impl RateClock {
     }
 
     /// Something arrived: the wait is over.
-    fn stop_waiting(&mut self) {
+    pub(crate) fn stop_waiting(&mut self) {
         if let Some(since) = self.waiting_since.take() {
             self.waited += since.elapsed();
         }
@@ -392,12 +406,7 @@ impl IncomingSource {
 
     /// Enforces a minimum rate on the body, counting the time the handler waits for it.
     pub(crate) fn with_rate(mut self, rate: Option<BodyRate>) -> IncomingSource {
-        self.clock = rate.map(|rate| RateClock {
-            rate,
-            waited: Duration::ZERO,
-            waiting_since: None,
-            timer: None,
-        });
+        self.clock = rate.map(RateClock::new);
         self
     }
 }
@@ -416,7 +425,7 @@ impl IncomingSource {
                         .with_message(format!("the limit is {} bytes", self.limit))))
                 }
                 Reading::TooSlow => {
-                    let rate = self.clock.as_ref().map_or(0, |c| c.rate.bytes_per_second);
+                    let rate = self.clock.as_ref().map_or(0, RateClock::bytes_per_second);
                     return Poll::Ready(Err(Error::new(ErrorKind::TimedOut).with_message(
                         format!("the request body arrived slower than {rate} bytes/s"),
                     )));

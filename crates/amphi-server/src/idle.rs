@@ -93,24 +93,11 @@ impl HeadDeadline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::App;
-    use crate::router::Router;
     use std::future::poll_fn;
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::task::Poll;
 
     fn conn_state() -> Arc<ConnState> {
-        let routes = Router::new()
-            .compile(&amphi_sync_to_async::BlockingPool::new(1))
-            .expect("an empty router compiles");
-        ConnState::new(Arc::new(App {
-            routes,
-            state: amphi_core::State::new(),
-            max_body: 0,
-            body_rate: None,
-            in_flight: AtomicUsize::new(0),
-            cutting: AtomicBool::new(false),
-        }))
+        ConnState::new(Arc::new(crate::conn::Counters::default()))
     }
 
     /// The connection's task may reach the deadline with its cooperative budget spent (hyper

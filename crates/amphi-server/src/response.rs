@@ -88,16 +88,105 @@ impl SyncCalling {
     }
 }
 
+/// A mounted tower service (or a router behind layers) being called (`tower` feature).
+#[cfg(feature = "tower")]
+pub(crate) struct ServiceCalling {
+    fut: crate::mounted::MountedFuture,
+    /// Current while the call is polled, and cancelled when the call is dropped unfinished.
+    context: Context,
+    guard: Option<amphi_core::DropGuard>,
+    record: AccessRecord,
+    drain: Option<DrainClock>,
+}
+
+#[cfg(feature = "tower")]
+impl ServiceCalling {
+    pub(crate) fn new(
+        fut: crate::mounted::MountedFuture,
+        context: Context,
+        record: AccessRecord,
+        drain: Option<DrainClock>,
+    ) -> ServiceCalling {
+        ServiceCalling {
+            fut,
+            guard: Some(context.token().clone().drop_guard()),
+            context,
+            record,
+            drain,
+        }
+    }
+
+    /// Polls the call with its context current and panics caught.
+    fn poll_call(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<Response<crate::body::ResponseBody>, amphi_core::Error>> {
+        use std::panic::{catch_unwind, AssertUnwindSafe};
+        let polled = {
+            let _current = self.context.enter();
+            catch_unwind(AssertUnwindSafe(|| self.fut.as_mut().poll(cx)))
+        };
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(Ok(response))) => Poll::Ready(Ok(response)),
+            Ok(Poll::Ready(Err(e))) => Poll::Ready(Err(amphi_core::Error::handler(e))),
+            Err(payload) => Poll::Ready(Err(amphi_core::Error::from_panic(&*payload))),
+        }
+    }
+
+    /// The response for what the service answered.
+    fn respond(
+        mut self,
+        result: Result<Response<crate::body::ResponseBody>, amphi_core::Error>,
+    ) -> Response<ResponseBody> {
+        // The service answered: its body, not this future, owns the rest of the exchange.
+        if let Some(g) = self.guard.take() {
+            g.disarm();
+        }
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if e.is_panic() {
+                    tracing::error!(error = %Chain(&e), path = self.record.path(), "service panicked before its response started");
+                } else {
+                    tracing::error!(error = %Chain(&e), path = self.record.path(), "service failed before its response started");
+                }
+                let r = plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n");
+                return finish_full(r, self.record);
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        // Status and headers only: the version on the wire is the connection's, and hyper
+        // panics at one it cannot write.
+        parts.version = http::Version::default();
+        let mut record = self.record;
+        if record.is_head() {
+            drop(body);
+            return finish_full(Response::from_parts(parts, Bytes::new()), record);
+        }
+        if let Some(len) = http_body::Body::size_hint(&body).exact() {
+            if length_mismatch(parts.status, &parts.headers, len) {
+                return finish_full(length_misuse(&record, len), record);
+            }
+        }
+        record.status = Some(parts.status);
+        Response::from_parts(parts, body.with_record(record, self.drain))
+    }
+}
+
 #[allow(clippy::large_enum_variant)]
 enum Stage {
     Ready(Option<(Response<Bytes>, AccessRecord)>),
     Sync(SyncCalling),
     Driving(Driving),
+    #[cfg(feature = "tower")]
+    Service(ServiceCalling),
     Done,
 }
 
-/// The future of one request: polls the handler until the response head is known.
-pub(crate) struct ResponseFuture {
+/// The future of one request: it calls the request's handler (or service) and polls it until
+/// the response head is known. What `tower::RouterService` returns (`tower` feature).
+pub struct ResponseFuture {
     state: Stage,
 }
 
@@ -121,6 +210,20 @@ impl ResponseFuture {
         ResponseFuture {
             state: Stage::Driving(driving),
         }
+    }
+
+    /// A tower service called.
+    #[cfg(feature = "tower")]
+    pub(crate) fn service(calling: ServiceCalling) -> ResponseFuture {
+        ResponseFuture {
+            state: Stage::Service(calling),
+        }
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
@@ -152,6 +255,15 @@ impl Future for ResponseFuture {
                 }
             }
             Stage::Driving(d) => d,
+            #[cfg(feature = "tower")]
+            Stage::Service(calling) => {
+                let result = std::task::ready!(calling.poll_call(cx));
+                let Stage::Service(calling) = std::mem::replace(&mut this.state, Stage::Done)
+                else {
+                    unreachable!("matched Service above")
+                };
+                return Poll::Ready(Ok(calling.respond(result)));
+            }
             Stage::Done => panic!("ResponseFuture polled after completion"),
         };
         let polled = driving.driver.poll_handler(cx);

@@ -83,6 +83,13 @@ pub(crate) trait Watched: Send + Sync + 'static {
     fn wait_state(&self) -> &WaitState;
 }
 
+/// A response without an exchange (a tower service's body) keeps its wait state alone.
+impl Watched for WaitState {
+    fn wait_state(&self) -> &WaitState {
+        self
+    }
+}
+
 impl WaitState {
     /// Whether the watchdog cut the connection because of this response.
     pub(crate) fn tripped(&self) -> bool {
@@ -176,6 +183,13 @@ impl DrainClock {
             self.watch.cross_task.store(true, Ordering::Relaxed);
         }
         self.registered = Some(exchange);
+    }
+
+    /// Whether the watchdog cut the connection because of this response.
+    pub(crate) fn tripped(&self) -> bool {
+        self.registered
+            .as_ref()
+            .is_some_and(|r| r.wait_state().tripped())
     }
 
     /// The minimum rate, for the log line.

@@ -9,18 +9,17 @@ use http::header::CONTENT_LENGTH;
 use http::uri::Scheme;
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
-use crate::access::AccessRecord;
+use crate::access::{AccessRecord, HandlerKind};
 use crate::app::App;
 use crate::body::ResponseBody;
 use crate::conn::ConnState;
 use crate::driver::Driver;
 use crate::exchange::{Exchange, IncomingSource};
+use crate::incoming::Incoming;
 use crate::reply::{has, plain, too_large};
 use crate::response::{Driving, ResponseFuture, SyncCalling};
 use crate::response_rate::{ConnWatch, DrainClock};
-use crate::router::HandlerKind;
 
 /// The service of one connection.
 #[derive(Clone)]
@@ -29,28 +28,41 @@ pub(crate) struct ConnService {
     pub(crate) client: Option<SocketAddr>,
     pub(crate) server: Option<SocketAddr>,
     /// What the connection's task watches: requests in progress, for the head deadline.
-    pub(crate) conn: Arc<ConnState>,
+    /// `None` inside a layered router: the router's outer request counts and logs it.
+    pub(crate) conn: Option<Arc<ConnState>>,
     /// The connection's streamed responses, watched for the minimum response rate.
     pub(crate) watch: Option<Arc<ConnWatch>>,
 }
 
-impl hyper::service::Service<Request<Incoming>> for ConnService {
+impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnService {
     type Response = Response<ResponseBody>;
     type Error = std::convert::Infallible;
     type Future = ResponseFuture;
 
-    fn call(&self, req: Request<Incoming>) -> ResponseFuture {
+    fn call(&self, req: Request<hyper::body::Incoming>) -> ResponseFuture {
+        self.dispatch(req.map(Incoming::Hyper))
+    }
+}
+
+impl ConnService {
+    /// Serves one request: routes it and starts the future that answers it.
+    pub(crate) fn dispatch(&self, req: Request<Incoming>) -> ResponseFuture {
         let app = &self.app;
         let route = app.routes.resolve(req.uri().path());
-        let kind = route.map_or(HandlerKind::None, |r| r.kind);
-        let mut record = AccessRecord::new(
-            self.conn.clone(),
-            req.method().clone(),
-            req.uri().clone(),
-            req.version(),
-            kind,
-        );
-        let Some((route, handler)) = route.and_then(|r| Some((r, r.target.as_ref()?))) else {
+        let kind = match route {
+            #[cfg(feature = "tower")]
+            Some(crate::app::Route {
+                service: Some(s), ..
+            }) => s.kind(req.uri().path()),
+            Some(r) => r.kind,
+            None => HandlerKind::None,
+        };
+        let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
+        let record = match &self.conn {
+            Some(conn) => AccessRecord::new(conn.clone(), method, uri, version, kind),
+            None => AccessRecord::silent(method, uri, version, kind),
+        };
+        let Some(route) = route.filter(|r| !r.is_not_found()) else {
             return ResponseFuture::ready(plain(StatusCode::NOT_FOUND, "not found\n"), record);
         };
         let declared = declared_length(&req);
@@ -65,12 +77,18 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             .with_client(self.client)
             .with_server(self.server)
             .with_root_path(route.prefix.clone());
-        let scope = HttpScope::from_parts(parts, info, Context::new(), app.state.clone());
         let drain = self
             .watch
             .as_ref()
             .map(|w| DrainClock::new(w.clone(), cross_task));
-        record.status = None;
+        #[cfg(feature = "tower")]
+        if let Some(service) = &route.service {
+            return self.call_mounted(service, &route.prefix, parts, body, info, record, drain);
+        }
+        let Some(handler) = route.target.as_ref() else {
+            unreachable!("a route that is not a 404 has a handler or a service")
+        };
+        let scope = HttpScope::from_parts(parts, info, Context::new(), app.state.clone());
         if let Some(mount) = route.sync.as_ref().filter(|_| body.is_end_stream()) {
             // The whole body is here (every GET): the blocking handler gets it in hand and
             // answers straight back, without the event protocol.
@@ -102,7 +120,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     }
 }
 
-fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+pub(crate) fn declared_length<B>(req: &Request<B>) -> Option<u64> {
     if !has(req.headers(), &CONTENT_LENGTH) {
         return None;
     }
@@ -113,4 +131,74 @@ fn declared_length<B>(req: &Request<B>) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Who a request inside a layered router came from: the outer request puts it into the
+/// request's extensions for the inner router, which takes it out again.
+#[cfg(feature = "tower")]
+#[derive(Clone)]
+pub(crate) struct Peer {
+    pub(crate) client: Option<SocketAddr>,
+    pub(crate) server: Option<SocketAddr>,
+}
+
+#[cfg(feature = "tower")]
+impl ConnService {
+    /// Calls a mounted tower service (or a router behind layers) for one request.
+    #[allow(clippy::too_many_arguments)]
+    fn call_mounted(
+        &self,
+        service: &Arc<dyn crate::mounted::Mounted>,
+        prefix: &str,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        info: RequestInfo,
+        record: AccessRecord,
+        drain: Option<DrainClock>,
+    ) -> ResponseFuture {
+        let context = Context::new();
+        if service.strips_prefix() {
+            // A foreign service sees the path below its mount, as under axum's `nest_service`;
+            // the mount is in its `RequestInfo`.
+            if let Some(uri) = strip_prefix(&parts.uri, prefix) {
+                parts.uri = uri;
+            }
+            parts.extensions.insert(info);
+            parts.extensions.insert(context.clone());
+            parts.extensions.insert(self.app.state.clone());
+        } else {
+            parts.extensions.insert(Peer {
+                client: self.client,
+                server: self.server,
+            });
+        }
+        let body = crate::mounted::RequestBody::new(body, self.app.max_body, self.app.body_rate);
+        let fut = service.call(Request::from_parts(parts, body));
+        ResponseFuture::service(crate::response::ServiceCalling::new(
+            fut, context, record, drain,
+        ))
+    }
+}
+
+/// `uri` with `prefix` taken off its path (`/` when nothing is left); `None` when it does not
+/// start with it or cannot be rebuilt.
+#[cfg(feature = "tower")]
+fn strip_prefix(uri: &http::Uri, prefix: &str) -> Option<http::Uri> {
+    if prefix.is_empty() {
+        return None;
+    }
+    let rest = uri.path().strip_prefix(prefix)?;
+    let path = if rest.is_empty() { "/" } else { rest };
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut builder = http::Uri::builder().path_and_query(path_and_query);
+    if let Some(scheme) = uri.scheme() {
+        builder = builder.scheme(scheme.clone());
+    }
+    if let Some(authority) = uri.authority() {
+        builder = builder.authority(authority.clone());
+    }
+    builder.build().ok()
 }

@@ -107,7 +107,7 @@ impl Serving {
 
     /// Requests being served right now.
     pub fn in_flight(&self) -> usize {
-        self.app.in_flight.load(Ordering::Relaxed)
+        self.app.counters.in_flight.load(Ordering::Relaxed)
     }
 
     /// Waits until the server has stopped (someone called [`ShutdownHandle::shutdown`]),
