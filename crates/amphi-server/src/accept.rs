@@ -123,11 +123,14 @@ async fn run<L: Listen>(
     tracing::info!(
         connections = conns.len(),
         requests = app.counters.in_flight.load(Ordering::Relaxed),
+        websockets = app.sessions.live(),
         "shutting down: stopped accepting; draining for up to {grace_period:?}"
     );
     let drained = tokio::time::timeout(grace_period, async {
         drain.start();
+        app.sessions.go_away();
         while conns.join_next().await.is_some() {}
+        app.sessions.wait().await;
     })
     .await;
     if drained.is_err() {
@@ -138,6 +141,7 @@ async fn run<L: Listen>(
         );
         app.counters.cutting.store(true, Ordering::Relaxed);
         conns.shutdown().await;
+        app.sessions.cut().await;
     }
     lifespans.shutdown(lifespan_timeout).await;
     tracing::info!("shut down");
@@ -166,7 +170,7 @@ where
         // Made here, borrowing the shared builder, rather than made outside and moved in: a
         // captured connection would be laid out twice in this future (the capture and the
         // pinned local), and an owned one carries its own copy of the builder.
-        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         // Polled after the connection, so they see what the connection just did: returning
         // drops the connection, which cuts it.

@@ -17,6 +17,8 @@ pub(crate) struct App {
     pub(crate) max_body: u64,
     pub(crate) body_rate: Option<BodyRate>,
     pub(crate) counters: Arc<Counters>,
+    /// The server's websocket sessions.
+    pub(crate) sessions: Arc<crate::ws::Sessions>,
 }
 
 /// A mounted sync handler, taking one slot of the server's pool per request. Requests whose

@@ -19,6 +19,7 @@ use crate::listener::listen_tcp;
 use crate::response_rate::ResponseRate;
 use crate::router::Compile;
 use crate::serving::Serving;
+use crate::ws::{Sessions, WebSocketLimits};
 use crate::{Router, ServeError};
 
 /// The default limit on blocking work in flight: [`Server::blocking_threads`].
@@ -122,6 +123,7 @@ pub struct Server {
     max_header_bytes: usize,
     max_connections: usize,
     grace_period: Duration,
+    websockets: WebSocketLimits,
 }
 
 impl fmt::Debug for Server {
@@ -138,6 +140,7 @@ impl fmt::Debug for Server {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_connections", &self.max_connections)
             .field("grace_period", &self.grace_period)
+            .field("websockets", &self.websockets)
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +169,7 @@ impl Server {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             grace_period: DEFAULT_GRACE_PERIOD,
+            websockets: WebSocketLimits::default(),
         }
     }
 
@@ -330,6 +334,17 @@ impl Server {
         self
     }
 
+    /// The limits of websocket sessions (how many open, message size, idle pings, queues);
+    /// see [`WebSocketLimits`] for the defaults and what a client sees past each. Websockets
+    /// are served to handlers mounted with [`Router::mount_async`](crate::Router::mount_async)
+    /// and [`Router::mount_sync`](crate::Router::mount_sync) over HTTP/1.1 upgrades and
+    /// HTTP/2 extended CONNECT (RFC 8441); a mounted tower service answers its own.
+    #[must_use]
+    pub fn websockets(mut self, limits: WebSocketLimits) -> Server {
+        self.websockets = limits;
+        self
+    }
+
     /// How long in-flight requests may run after shutdown starts before their connections
     /// are cut. Default [`DEFAULT_GRACE_PERIOD`] (30 s).
     #[must_use]
@@ -392,12 +407,14 @@ impl Server {
             BlockingPool::new(self.blocking_threads).queue_timeout(self.queue_timeout)
         });
         let counters = Arc::new(Counters::default());
+        let sessions = Arc::new(Sessions::new(self.websockets));
         let routes = self.router.compile(&Compile {
             pool: &pool,
             state: &self.state,
             max_body: self.max_body_bytes,
             body_rate: self.body_rate,
             counters: &counters,
+            sessions: &sessions,
         })?;
         let app = Arc::new(App {
             routes,
@@ -405,6 +422,7 @@ impl Server {
             max_body: self.max_body_bytes,
             body_rate: self.body_rate,
             counters,
+            sessions,
         });
         Ok((app, pool))
     }

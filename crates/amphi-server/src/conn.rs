@@ -103,6 +103,8 @@ pub(crate) fn connection_builder(settings: ConnSettings) -> auto::Builder<TokioE
     builder
         .http2()
         .timer(TokioTimer::new())
+        // Websockets over HTTP/2 (RFC 8441).
+        .enable_connect_protocol()
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }

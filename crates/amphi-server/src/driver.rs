@@ -9,22 +9,24 @@ use amphi_core::{BoxFuture, Context, DropGuard, Error};
 
 use crate::exchange::Exchange;
 
-/// Polls a handler future with its request context current and panics caught.
-pub(crate) struct Driver {
+/// Polls a handler future with its request context current and panics caught; `exchange` is
+/// what the handler's two ends share with whoever polls it (an http request's [`Exchange`],
+/// or a websocket session).
+pub(crate) struct Driver<X = Arc<Exchange>> {
     // Field order matters: the future is dropped before the guard flips the token.
     fut: Option<BoxFuture<'static, Result<(), Error>>>,
     context: Context,
     /// Cancels the request's token when the exchange is abandoned before the handler returns.
     guard: Option<DropGuard>,
-    pub(crate) exchange: Arc<Exchange>,
+    pub(crate) exchange: X,
 }
 
-impl Driver {
+impl<X> Driver<X> {
     pub(crate) fn new(
         fut: BoxFuture<'static, Result<(), Error>>,
         context: Context,
-        exchange: Arc<Exchange>,
-    ) -> Driver {
+        exchange: X,
+    ) -> Driver<X> {
         Driver {
             fut: Some(fut),
             guard: Some(context.token().clone().drop_guard()),

@@ -74,6 +74,7 @@ mod response_rate;
 mod router;
 mod service;
 mod serving;
+mod ws;
 
 pub use body::ResponseBody;
 pub use builder::{
@@ -87,6 +88,10 @@ pub use error::ServeError;
 pub use response::ResponseFuture;
 pub use router::Router;
 pub use serving::{shutdown_signal, Serving, ShutdownHandle};
+pub use ws::{
+    WebSocketLimits, DEFAULT_MAX_WEBSOCKETS, DEFAULT_MAX_WEBSOCKET_MESSAGE, DEFAULT_WEBSOCKET_PING,
+    DEFAULT_WEBSOCKET_QUEUE,
+};
 
 /// Tower interop (`tower` feature): mount tower services and routers behind tower layers
 /// ([`Router::mount_service`], [`Router::layer`]), and serve amphi handlers as tower services

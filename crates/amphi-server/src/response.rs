@@ -181,6 +181,7 @@ enum Stage {
     Driving(Driving),
     #[cfg(feature = "tower")]
     Service(ServiceCalling),
+    Handshake(crate::ws::Handshaking),
     Done,
 }
 
@@ -209,6 +210,13 @@ impl ResponseFuture {
     pub(crate) fn driving(driving: Driving) -> ResponseFuture {
         ResponseFuture {
             state: Stage::Driving(driving),
+        }
+    }
+
+    /// A websocket handshake waiting for its handler's answer.
+    pub(crate) fn handshake(handshaking: crate::ws::Handshaking) -> ResponseFuture {
+        ResponseFuture {
+            state: Stage::Handshake(handshaking),
         }
     }
 
@@ -263,6 +271,15 @@ impl Future for ResponseFuture {
                     unreachable!("matched Service above")
                 };
                 return Poll::Ready(Ok(calling.respond(result)));
+            }
+            Stage::Handshake(h) => {
+                let (response, record) = std::task::ready!(h.poll(cx));
+                this.state = Stage::Done;
+                return Poll::Ready(Ok(match record {
+                    Some(record) => finish_full(response, record),
+                    // Accepted: the session keeps the record until the socket closes.
+                    None => response.map(|_| ResponseBody::default()),
+                }));
             }
             Stage::Done => panic!("ResponseFuture polled after completion"),
         };

@@ -80,6 +80,7 @@ pub(crate) struct Compile<'a> {
     pub(crate) max_body: u64,
     pub(crate) body_rate: Option<BodyRate>,
     pub(crate) counters: &'a Arc<Counters>,
+    pub(crate) sessions: &'a Arc<crate::ws::Sessions>,
 }
 
 /// Normalizes a mount prefix: `"/"` and `""` are the root (`""`), a trailing `/` is dropped.
@@ -404,6 +405,7 @@ impl Router {
             max_body: ctx.max_body,
             body_rate: ctx.body_rate,
             counters: ctx.counters.clone(),
+            sessions: ctx.sessions.clone(),
         });
         let service = crate::interop::Layered::new(app, &self.layers);
         let mut route = Route::new(prefix, None, None, HandlerKind::Service);
@@ -446,6 +448,7 @@ mod tests {
             max_body: 0,
             body_rate: None,
             counters: &Arc::default(),
+            sessions: &Arc::new(crate::ws::Sessions::new(Default::default())),
         })
     }
 

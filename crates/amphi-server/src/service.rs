@@ -20,6 +20,7 @@ use crate::incoming::Incoming;
 use crate::reply::{has, plain, too_large};
 use crate::response::{Driving, ResponseFuture, SyncCalling};
 use crate::response_rate::{ConnWatch, DrainClock};
+use crate::ws;
 
 /// The service of one connection.
 #[derive(Clone)]
@@ -65,6 +66,23 @@ impl ConnService {
         let Some(route) = route.filter(|r| !r.is_not_found()) else {
             return ResponseFuture::ready(plain(StatusCode::NOT_FOUND, "not found\n"), record);
         };
+        #[cfg(feature = "tower")]
+        let is_service = route.service.is_some();
+        #[cfg(not(feature = "tower"))]
+        let is_service = false;
+        if !is_service {
+            match ws::handshake(&req) {
+                ws::Handshake::No => {}
+                ws::Handshake::Bad(why) => {
+                    tracing::debug!(why, "bad websocket handshake");
+                    return ResponseFuture::ready(
+                        plain(StatusCode::BAD_REQUEST, "bad websocket handshake\n"),
+                        record,
+                    );
+                }
+                kind => return self.websocket(route, kind, req, record),
+            }
+        }
         let declared = declared_length(&req);
         if declared.is_some_and(|len| len > app.max_body) {
             return ResponseFuture::ready(too_large(), record);
@@ -72,11 +90,7 @@ impl ConnService {
         // HTTP/2 streams run on tasks of their own, away from the connection's watchdog.
         let cross_task = req.version() == http::Version::HTTP_2;
         let (parts, body) = req.into_parts();
-        let info = RequestInfo::new()
-            .with_scheme(Scheme::HTTP)
-            .with_client(self.client)
-            .with_server(self.server)
-            .with_root_path(route.prefix.clone());
+        let info = self.info(route);
         let drain = self
             .watch
             .as_ref()
@@ -117,6 +131,60 @@ impl ConnService {
             record,
             drain,
         })
+    }
+}
+
+impl ConnService {
+    /// Starts a websocket session for a handshake request to `route`'s handler.
+    fn websocket(
+        &self,
+        route: &crate::app::Route,
+        kind: ws::Handshake,
+        mut req: Request<Incoming>,
+        record: AccessRecord,
+    ) -> ResponseFuture {
+        let Some(handler) = route.target.clone() else {
+            unreachable!("a route that is not a 404 or a service has a handler")
+        };
+        let Some(place) = self.app.sessions.place() else {
+            tracing::debug!("websocket refused: the server has its most websockets open");
+            let mut r = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many websockets, retry later\n",
+            );
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            return ResponseFuture::ready(r, record);
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, _body) = req.into_parts();
+        let info = self.info(route);
+        let scope = HttpScope::from_parts(parts, info, Context::new(), self.app.state.clone());
+        let context = scope.context().clone();
+        let handshaking = ws::start(
+            &self.app.sessions,
+            place,
+            kind,
+            on_upgrade,
+            move |session| {
+                let (receive, send) = ws::ends(&session);
+                let fut = handler.call_owned(Scope::WebSocket(scope), receive, send);
+                Driver::new(fut, context, session)
+            },
+            record,
+        );
+        ResponseFuture::handshake(handshaking)
+    }
+
+    /// What the server knows of a request beyond its head.
+    fn info(&self, route: &crate::app::Route) -> RequestInfo {
+        RequestInfo::new()
+            .with_scheme(Scheme::HTTP)
+            .with_client(self.client)
+            .with_server(self.server)
+            .with_root_path(route.prefix.clone())
     }
 }
 
