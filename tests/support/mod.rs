@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub mod ws;
+
 /// The bound on every "this should happen" wait: generous, for a loaded 2-core machine.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 

@@ -890,8 +890,12 @@ impl Pump {
     /// The socket failed: close it with the code the failure calls for (and go on until the
     /// client answers the close or the close timeout passes), or drop it.
     fn gone(&mut self, session: &Session, e: &tungstenite::Error) -> Poll<()> {
-        use tungstenite::error::Error as E;
+        use tungstenite::error::{Error as E, ProtocolError};
         let (code, reason) = match e {
+            // The connection dropped without a close frame.
+            E::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                return self.gone_with(session, 1006, "")
+            }
             E::Capacity(_) => (1009, "message too big"),
             E::Utf8(_) => (1007, "invalid utf-8"),
             E::Protocol(_) => (1002, "protocol error"),
