@@ -63,6 +63,9 @@ fn async_app(seen: Seen) -> impl AsyncHandler {
             let Event::WebSocketConnect = receive.receive().await? else {
                 return Ok(());
             };
+            if path.contains("/slow-accept") {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
             if path.ends_with("/deny") {
                 return send
                     .send(Message::WebSocketClose {
@@ -78,11 +81,18 @@ fn async_app(seen: Seen) -> impl AsyncHandler {
                 .map(str::to_owned);
             let mut headers = HeaderMap::new();
             headers.insert("x-session", "1".parse().unwrap());
-            send.send(Message::WebSocketAccept {
-                subprotocol,
-                headers,
-            })
-            .await?;
+            let accepted = send
+                .send(Message::WebSocketAccept {
+                    subprotocol,
+                    headers,
+                })
+                .await;
+            if let Err(e) = accepted {
+                // The client left before the answer: accepting fails as a disconnect.
+                assert!(e.is_disconnected(), "{e}");
+                seen.push(&path, 1006, "accept failed");
+                return Ok(());
+            }
             loop {
                 match receive.receive().await? {
                     Event::WebSocketReceive(WebSocketData::Text(t)) if t == "close" => {
@@ -472,5 +482,24 @@ async fn past_the_cap_on_open_sockets_a_handshake_is_a_503() {
     let mut third = open(&serving, WsProto::H1, "/a/three").await;
     third.send(M::text("in")).await.unwrap();
     assert_eq!(third.recv().await, M::text("in"));
+    serving.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_gone_during_the_handshake_leaks_nothing() {
+    let seen = Seen::default();
+    let serving = start(&seen, WebSocketLimits::default()).await;
+    let addr = serving.local_addr().unwrap();
+    let request = format!(
+        "GET /a/slow-accept HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    // Sends the handshake and leaves before the handler accepts.
+    let _ = raw_exchange(addr, request.as_bytes(), Duration::from_millis(50)).await;
+    assert_eq!(
+        seen.code_for("/a/slow-accept").await,
+        (1006, "accept failed".into())
+    );
+    eventually("nothing in flight", || serving.in_flight() == 0).await;
     serving.shutdown().await.unwrap();
 }

@@ -35,6 +35,11 @@ impl<X> Driver<X> {
         }
     }
 
+    /// Flips the request's cancellation token (the client is gone, the handler runs on).
+    pub(crate) fn cancel(&self) {
+        self.context.token().cancel();
+    }
+
     /// Whether the handler is still running.
     pub(crate) fn is_running(&self) -> bool {
         self.fut.is_some()

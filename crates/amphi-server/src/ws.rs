@@ -415,7 +415,11 @@ impl MessageSink for SessionSink {
                 subprotocol,
                 headers,
             }),
-            Message::WebSocketClose { .. } if !accepted => s.answered(Answer::Refused),
+            Message::WebSocketClose { .. } if !accepted => {
+                // Nothing more will come: the handler's next `receive` says so.
+                s.closed = Some((1000, String::new()));
+                s.answered(Answer::Refused);
+            }
             Message::WebSocketClose { code, reason } => {
                 s.outbound.push_back(Out::Close(code, reason));
                 s.wake_task();
@@ -443,6 +447,16 @@ pub(crate) struct Handshaking {
     record: Option<AccessRecord>,
     /// Handed to the session once accepted.
     record_slot: Arc<Mutex<Option<AccessRecord>>>,
+}
+
+/// The client left during the handshake (its request future is dropped): the handler sees a
+/// disconnect (1006).
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            closed(&self.session, 1006);
+        }
+    }
 }
 
 impl Handshaking {
@@ -594,7 +608,7 @@ fn run(
         });
         let mut upgrade = Some(on_upgrade);
         let mut pump: Option<Pump> = None;
-        let mut starting: Option<Pin<Box<dyn Future<Output = Socket> + Send>>> = None;
+        let mut starting: Option<Pin<Box<dyn Future<Output = Option<Socket>> + Send>>> = None;
         let mut bytes: u64 = 0;
         let outcome = std::future::poll_fn(|cx| loop {
             let mut progressed = false;
@@ -612,17 +626,18 @@ fn run(
                     let codec = limits.codec();
                     starting = Some(Box::pin(async move {
                         match up.await {
-                            Ok(io) => {
+                            Ok(io) => Some(
                                 WebSocketStream::from_raw_socket(
                                     TokioIo::new(io),
                                     Role::Server,
                                     Some(codec),
                                 )
-                                .await
-                            }
+                                .await,
+                            ),
                             Err(e) => {
+                                // The client left before hyper could hand the connection over.
                                 tracing::debug!(error = %e, "websocket upgrade failed");
-                                std::future::pending().await
+                                None
                             }
                         }
                     }));
@@ -631,8 +646,14 @@ fn run(
             if let Some(s) = starting.as_mut() {
                 if let Poll::Ready(socket) = s.as_mut().poll(cx) {
                     starting = None;
-                    pump = Some(Pump::new(socket, limits));
                     progressed = true;
+                    match socket {
+                        Some(socket) => pump = Some(Pump::new(socket, limits)),
+                        None => {
+                            closed(&session, 1006);
+                            driver.cancel();
+                        }
+                    }
                 }
             }
             // The socket.
@@ -642,7 +663,9 @@ fn run(
                         if !driver.is_running() {
                             return Poll::Ready(Outcome::Complete);
                         }
-                        // The socket is done; the handler sees its disconnect and returns.
+                        // The socket is done; the handler sees its disconnect and returns, and
+                        // blocking work it started sees its token flip.
+                        driver.cancel();
                         pump = None;
                         progressed = true;
                     }
@@ -670,6 +693,13 @@ fn run(
             r.outcome = outcome;
         }
     }
+}
+
+/// Records that the socket closed with `code` (unless it closed already) and wakes the task.
+fn closed(session: &Session, code: u16) {
+    let mut s = session.lock();
+    s.closed.get_or_insert((code, String::new()));
+    s.wake_task();
 }
 
 /// The handler returned: before it answered, that is its answer; after, the socket closes
