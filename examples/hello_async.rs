@@ -6,26 +6,25 @@
 //! curl -d 'some text' http://127.0.0.1:8000/
 //! ```
 //!
-//! An async handler made with `async_fn` takes a request and returns a response; its body
-//! streams in as you read it. It is polled by the connection's own task: never block in it
+//! An async handler made with `async_fn` takes a request and returns a response (here a
+//! `Result<String, Error>`: anything `IntoResponse`); its body streams in as you read it. It is polled by the connection's own task: never block in it
 //! (use `sync_to_async` for blocking work).
 
 use amphi::prelude::*;
 
-async fn hello(req: AsyncRequest) -> AsyncResponse {
+async fn hello(req: AsyncRequest) -> Result<String, Error> {
     let method = req.method().clone();
-    match req.into_body().to_bytes().await {
-        Ok(body) if !body.is_empty() => http::Response::new(AsyncBody::from(format!(
+    // A body over the server's limit, or a client that left, fails the read: `?` hands the
+    // error to the server, which answers (413 for the limit) and logs it.
+    let body = req.into_body().to_bytes().await?;
+    Ok(if body.is_empty() {
+        "hello from async\n".to_owned()
+    } else {
+        format!(
             "hello from async; you sent {} bytes with {method}\n",
             body.len()
-        ))),
-        Ok(_) => http::Response::new(AsyncBody::from("hello from async\n")),
-        // The body was over the server's limit, or the client left.
-        Err(e) => http::Response::builder()
-            .status(if e.is_body_too_large() { 413 } else { 400 })
-            .body(AsyncBody::from(format!("{e}\n")))
-            .expect("a valid response"),
-    }
+        )
+    })
 }
 
 #[tokio::main]

@@ -23,52 +23,44 @@ use http::{Method, StatusCode};
 struct Store(Arc<Mutex<Vec<String>>>);
 
 impl Store {
-    fn from_state(state: &State) -> Store {
-        state
-            .get::<Store>()
-            .expect("the store is put in the state at startup")
+    /// The store `main` puts in the app state.
+    fn from_state(state: Option<&State>) -> Result<Store, Error> {
+        state.and_then(|s| s.get::<Store>()).ok_or_else(|| {
+            Error::new(ErrorKind::Other)
+                .with_message("no store in the app state: main puts it there")
+        })
     }
 }
 
 /// The legacy blocking app: `GET /notes` lists the notes, `POST /notes` adds one.
-fn legacy_notes(mut req: SyncRequest) -> SyncResponse {
-    let store = Store::from_state(req.state());
+fn legacy_notes(mut req: SyncRequest) -> Result<SyncResponse, Error> {
+    let store = Store::from_state(Some(req.state()))?;
     match (req.method().clone(), req.path()) {
         (Method::GET, "" | "/") => {
             let list = store.0.lock().unwrap().join("\n");
-            http::Response::new(SyncBody::from(list + "\n"))
+            Ok((list + "\n").into_response())
         }
         (Method::POST, "" | "/") => {
-            let mut note = String::new();
-            if req.body_mut().read_to_string(&mut note).is_err() {
-                return status(StatusCode::BAD_REQUEST);
-            }
+            let mut note = Vec::new();
+            // A body over the limit or a client gone: the server answers (413) and logs it.
+            req.body_mut().read_to_end(&mut note)?;
+            let Ok(note) = String::from_utf8(note) else {
+                return Ok((StatusCode::BAD_REQUEST, "a note is utf-8 text\n").into_response());
+            };
             store.0.lock().unwrap().push(note);
-            status(StatusCode::CREATED)
+            Ok(StatusCode::CREATED.into_response())
         }
-        _ => status(StatusCode::NOT_FOUND),
+        _ => Ok(StatusCode::NOT_FOUND.into_response()),
     }
-}
-
-fn status(code: StatusCode) -> SyncResponse {
-    http::Response::builder()
-        .status(code)
-        .body(SyncBody::empty())
-        .expect("a valid response")
 }
 
 /// `GET /notes/count`, moved to async. The store is still blocking code, so the lookup runs
 /// through `sync_to_async` instead of blocking the connection's task.
-async fn count_notes(req: AsyncRequest) -> AsyncResponse {
-    let state = req.extensions().get::<State>().cloned().unwrap_or_default();
-    let store = Store::from_state(&state);
-    match sync_to_async(move || store.0.lock().unwrap().len()).await {
-        Ok(n) => http::Response::new(AsyncBody::from(format!("{n}\n"))),
-        Err(e) => http::Response::builder()
-            .status(500)
-            .body(AsyncBody::from(format!("{e}\n")))
-            .expect("a valid response"),
-    }
+async fn count_notes(req: AsyncRequest) -> Result<String, Error> {
+    let store = Store::from_state(req.state())?;
+    // No blocking slot free in time: the server answers 503 with Retry-After.
+    let n = sync_to_async(move || store.0.lock().unwrap().len()).await?;
+    Ok(format!("{n}\n"))
 }
 
 #[tokio::main]

@@ -10,6 +10,9 @@
 //! - [`server`] (`amphi-server`): [`Server`], [`Router`], [`Serving`].
 //! - [`prelude`]: the names most programs need, in one `use`.
 //!
+//! The `json` feature turns on `Json<T>` responses (amphi-core's `json` feature: serde and
+//! serde_json, no runtime).
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -44,19 +47,27 @@ pub use amphi_server as server;
 
 pub use amphi_server::{shutdown_signal, Router, ServeError, Server, Serving, ShutdownHandle};
 
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The names most amphi programs use: `use amphi::prelude::*;`.
 ///
 /// Handler traits and their closure constructors for both kinds, the request, response and
-/// body types, websockets for both kinds, the async protocol (scopes, events, messages,
-/// `receive`/`send`), context, state, errors, both adapters, and the server.
+/// body types, websockets for both kinds, `IntoResponse` and `RequestExt` (and `Json` with
+/// the `json` feature), the async protocol (scopes, events, messages, `receive`/`send`),
+/// context, state, errors, both adapters, and the server.
 pub mod prelude {
     pub use amphi_async_to_sync::{async_to_sync, AsyncToSync};
+    #[cfg(feature = "json")]
+    pub use amphi_core::Json;
     pub use amphi_core::{
         asgi_fn, async_fn, sync_fn, websocket_fn, AsyncBody, AsyncHandler, AsyncRequest,
         AsyncResponse, BlockingBody, BlockingWebSocket, CancellationToken, Context, Error,
-        ErrorKind, Event, HttpScope, LifespanScope, Message, Receiver, Scope, Sender, State,
-        SyncBody, SyncHandler, SyncRequest, SyncResponse, SyncWebSocketRequest, ThreadSensitive,
-        WebSocket, WebSocketData, WebSocketRequest,
+        ErrorKind, Event, HttpScope, IntoResponse, LifespanScope, Message, Receiver, RequestExt,
+        Scope, Sender, State, SyncBody, SyncHandler, SyncRequest, SyncResponse,
+        SyncWebSocketRequest, ThreadSensitive, WebSocket, WebSocketData, WebSocketRequest,
     };
     pub use amphi_server::{shutdown_signal, Router, ServeError, Server, Serving};
     pub use amphi_sync_to_async::{sync_to_async, BlockingPool, SyncToAsync};

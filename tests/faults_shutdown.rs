@@ -261,28 +261,6 @@ async fn every_request_accepted_before_shutdown_completes_under_load() {
     }
 }
 
-/// The `mixed` example, built by `cargo test` next to this test binary (or built now).
-fn mixed_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test binary lives in <target>/<profile>/deps");
-    let bin = profile_dir.join("examples").join("mixed");
-    if !bin.exists() {
-        // `cargo test --test faults_shutdown` does not build examples; build it the same way.
-        let target_dir = profile_dir.parent().expect("<target>/<profile>");
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--example", "mixed", "--manifest-path"])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", target_dir)
-            .status()
-            .expect("running cargo build --example mixed");
-        assert!(status.success(), "building the mixed example failed");
-    }
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mixed_example_drains_and_exits_0_on_sigterm() {
     let bin = mixed_binary();

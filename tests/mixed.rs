@@ -365,3 +365,96 @@ fn flags_parse() {
     assert!(app::Options::parse(["--blocking-threads".into(), "zero".into()]).is_err());
     assert!(app::Options::parse(["--blocking-threads".into(), "0".into()]).is_err());
 }
+
+/// Every flag with the default it shows in `--help`.
+fn flags_and_defaults() -> [(&'static str, String); 6] {
+    let ms = |d: Duration| d.as_millis().to_string();
+    [
+        ("--bind", "127.0.0.1:8000".to_owned()),
+        (
+            "--blocking-threads",
+            amphi::server::DEFAULT_BLOCKING_THREADS.to_string(),
+        ),
+        (
+            "--queue-timeout-ms",
+            ms(amphi::server::DEFAULT_QUEUE_TIMEOUT),
+        ),
+        (
+            "--max-body",
+            amphi::server::DEFAULT_MAX_BODY_BYTES.to_string(),
+        ),
+        (
+            "--header-timeout-ms",
+            ms(amphi::server::DEFAULT_HEADER_READ_TIMEOUT),
+        ),
+        ("--grace-ms", ms(amphi::server::DEFAULT_GRACE_PERIOD)),
+    ]
+}
+
+/// Checks that `help` describes every flag on its own line, with its default.
+fn assert_describes_every_flag(help: &str) {
+    for (flag, default) in flags_and_defaults() {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("no line for {flag} in the help:\n{help}"));
+        let description = line.trim_start()[flag.len()..].trim_start();
+        // `<VALUE>`, then words, then the default.
+        let described = description
+            .split_once('>')
+            .is_some_and(|(_, words)| words.split_whitespace().count() > 3);
+        assert!(described, "{flag} is described: {line}");
+        assert!(
+            line.ends_with(&format!("[default: {default}]")),
+            "{flag} shows its default {default}: {line}"
+        );
+    }
+}
+
+#[test]
+fn help_describes_every_flag_with_its_default() {
+    let err = app::Options::parse(["--help".into()]).expect_err("--help is not options");
+    assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+    assert!(!err.use_stderr(), "help goes to stdout");
+    assert_describes_every_flag(&err.to_string());
+}
+
+#[test]
+fn the_binary_prints_help_to_stdout_and_rejects_bad_flags_with_exit_2() {
+    let bin = mixed_binary();
+    let help = std::process::Command::new(&bin)
+        .arg("--help")
+        .output()
+        .expect("running mixed --help");
+    assert_eq!(help.status.code(), Some(0), "--help exits 0");
+    assert!(help.stderr.is_empty(), "nothing on stderr");
+    let stdout = String::from_utf8(help.stdout).expect("utf-8 help");
+    assert!(stdout.contains("Usage: mixed [--bind ADDR]"), "{stdout}");
+    assert_describes_every_flag(&stdout);
+
+    for bad in [
+        &["--frobnicate"][..],
+        &["--blocking-threads", "0"],
+        &["--max-body", "lots"],
+        &["--bind"],
+    ] {
+        let out = std::process::Command::new(&bin)
+            .args(bad)
+            .output()
+            .expect("running mixed with a bad flag");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?}: exit 2; stderr: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{bad:?}: nothing on stdout");
+        assert!(stderr.starts_with("error: "), "{bad:?}: {stderr}");
+        for (flag, _) in flags_and_defaults() {
+            assert!(
+                stderr.contains(flag),
+                "{bad:?}: the usage names {flag}: {stderr}"
+            );
+        }
+    }
+}

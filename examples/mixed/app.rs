@@ -12,9 +12,11 @@ use std::time::Duration;
 use amphi::prelude::*;
 use amphi::BoxFuture;
 use bytes::Bytes;
+use clap::error::{ContextKind, ContextValue};
+use clap::{CommandFactory, Parser};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
-/// The command line of the example.
+/// What the example serves with: its flags, parsed.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     /// `--bind ADDR`
@@ -31,53 +33,82 @@ pub(crate) struct Options {
     pub(crate) grace: Duration,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            bind: "127.0.0.1:8000".into(),
-            blocking_threads: amphi::server::DEFAULT_BLOCKING_THREADS,
-            queue_timeout: amphi::server::DEFAULT_QUEUE_TIMEOUT,
-            max_body: amphi::server::DEFAULT_MAX_BODY_BYTES,
-            header_timeout: amphi::server::DEFAULT_HEADER_READ_TIMEOUT,
-            grace: amphi::server::DEFAULT_GRACE_PERIOD,
-        }
+/// The command line, as clap reads it: durations in whole milliseconds, each default from the
+/// server's own.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "mixed",
+    about = "The amphi demo: a blocking (sync) app at /sync and an async app at /async, on one port.",
+    after_help = "Logs go to stderr (RUST_LOG sets the filter; the access log is the amphi::access \
+                  target). SIGINT or SIGTERM drains in-flight requests and exits 0.",
+    override_usage = "mixed [--bind ADDR] [--blocking-threads N] [--queue-timeout-ms MS] \
+                      [--max-body BYTES] [--header-timeout-ms MS] [--grace-ms MS]"
+)]
+struct Flags {
+    /// The address to listen on (port 0: any free port; the chosen one is printed)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+    bind: String,
+    /// The most sync requests running at once (including while they stream their response)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = amphi::server::DEFAULT_BLOCKING_THREADS,
+        value_parser = at_least_one,
+    )]
+    blocking_threads: usize,
+    /// How long a sync request waits for a blocking slot before the server answers 503
+    #[arg(long, value_name = "MS", default_value_t = millis(amphi::server::DEFAULT_QUEUE_TIMEOUT))]
+    queue_timeout_ms: u64,
+    /// The largest request body accepted, in bytes (413 past it)
+    #[arg(long, value_name = "BYTES", default_value_t = amphi::server::DEFAULT_MAX_BODY_BYTES)]
+    max_body: u64,
+    /// How long a client may take to send a request head, and an idle connection may stay open (0 disables it)
+    #[arg(long, value_name = "MS", default_value_t = millis(amphi::server::DEFAULT_HEADER_READ_TIMEOUT))]
+    header_timeout_ms: u64,
+    /// How long in-flight requests may run after SIGINT or SIGTERM before they are cut
+    #[arg(long, value_name = "MS", default_value_t = millis(amphi::server::DEFAULT_GRACE_PERIOD))]
+    grace_ms: u64,
+}
+
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 
-pub(crate) const USAGE: &str =
-    "usage: mixed [--bind ADDR] [--blocking-threads N] [--queue-timeout-ms MS] \
-[--max-body BYTES] [--header-timeout-ms MS] [--grace-ms MS]";
+const fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
 
 impl Options {
     /// Parses the flags (without the program name).
-    pub(crate) fn parse(
-        args: impl IntoIterator<Item = OsString>,
-    ) -> Result<Options, lexopt::Error> {
-        use lexopt::prelude::*;
-        let mut opts = Options::default();
-        let mut parser = lexopt::Parser::from_args(args);
-        while let Some(arg) = parser.next()? {
-            match arg {
-                Long("bind") => opts.bind = parser.value()?.string()?,
-                Long("blocking-threads") => {
-                    opts.blocking_threads = parser.value()?.parse()?;
-                    if opts.blocking_threads == 0 {
-                        return Err("--blocking-threads must be at least 1".into());
-                    }
-                }
-                Long("queue-timeout-ms") => {
-                    opts.queue_timeout = Duration::from_millis(parser.value()?.parse()?)
-                }
-                Long("max-body") => opts.max_body = parser.value()?.parse()?,
-                Long("header-timeout-ms") => {
-                    opts.header_timeout = Duration::from_millis(parser.value()?.parse()?)
-                }
-                Long("grace-ms") => opts.grace = Duration::from_millis(parser.value()?.parse()?),
-                Long("help") | Short('h') => return Err(USAGE.into()),
-                _ => return Err(arg.unexpected()),
+    ///
+    /// # Errors
+    ///
+    /// A flag that is unknown, lacks its value or has a bad one; also `--help` (`-h`), whose
+    /// "error" is the help text (`clap::Error::exit` prints it to stdout and exits 0, and the
+    /// others to stderr with the usage, exiting 2).
+    pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options, clap::Error> {
+        let args = std::iter::once(OsString::from("mixed")).chain(args);
+        let flags = Flags::try_parse_from(args).map_err(|mut e| {
+            // clap shows the usage under some errors only (an unknown flag, not a bad value):
+            // show it under every one.
+            if e.use_stderr() && e.get(ContextKind::Usage).is_none() {
+                let usage = Flags::command().render_usage();
+                e.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
             }
-        }
-        Ok(opts)
+            e
+        })?;
+        Ok(Options {
+            bind: flags.bind,
+            blocking_threads: flags.blocking_threads,
+            queue_timeout: Duration::from_millis(flags.queue_timeout_ms),
+            max_body: flags.max_body,
+            header_timeout: Duration::from_millis(flags.header_timeout_ms),
+            grace: Duration::from_millis(flags.grace_ms),
+        })
     }
 
     /// The server these options describe, serving [`router`].

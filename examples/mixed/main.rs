@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Flags: `--bind ADDR`, `--blocking-threads N`, `--queue-timeout-ms MS`, `--max-body BYTES`,
-//! `--header-timeout-ms MS` (0 disables it), `--grace-ms MS`. Logs go to stderr (`RUST_LOG` sets the filter;
-//! the access log is the `amphi::access` target). SIGINT or SIGTERM drains and exits 0.
+//! `--header-timeout-ms MS` (0 disables it), `--grace-ms MS`; `--help` says what each means
+//! and its default. Logs go to stderr (`RUST_LOG` sets the filter; the access log is the
+//! `amphi::access` target). SIGINT or SIGTERM drains and exits 0.
 
 mod app;
 
@@ -17,13 +18,9 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let opts = match app::Options::parse(std::env::args_os().skip(1)) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("mixed: {e}\n{}", app::USAGE);
-            return ExitCode::from(2);
-        }
-    };
+    // `--help` prints the usage to stdout and exits 0; a bad flag prints the error and the
+    // usage to stderr and exits 2.
+    let opts = app::Options::parse(std::env::args_os().skip(1)).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub mod ws;
+
 /// The bound on every "this should happen" wait: generous, for a loaded 2-core machine.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -677,4 +679,26 @@ pub async fn assert_nothing_leaks(serving: &amphi::Serving, probe: &Probe) {
         },
     )
     .await;
+}
+
+/// The `mixed` example, built by `cargo test` next to this test binary (or built now).
+pub fn mixed_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in <target>/<profile>/deps");
+    let bin = profile_dir.join("examples").join("mixed");
+    if !bin.exists() {
+        // `cargo test --test NAME` does not build examples; build it the same way.
+        let target_dir = profile_dir.parent().expect("<target>/<profile>");
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", "mixed", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", target_dir)
+            .status()
+            .expect("running cargo build --example mixed");
+        assert!(status.success(), "building the mixed example failed");
+    }
+    bin
 }

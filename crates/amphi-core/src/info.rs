@@ -32,13 +32,21 @@ pub struct RequestInfo {
 
 impl Default for RequestInfo {
     fn default() -> Self {
-        RequestInfo {
-            scheme: Scheme::HTTP,
-            client: None,
-            server: None,
-            root_path: None,
-        }
+        RequestInfo::ROOT
     }
+}
+
+/// What a request without its own info reads (see `RequestExt::info`).
+pub(crate) static DEFAULT_INFO: RequestInfo = RequestInfo::ROOT;
+
+impl RequestInfo {
+    /// Plain http, no addresses, mounted at the root.
+    const ROOT: RequestInfo = RequestInfo {
+        scheme: Scheme::HTTP,
+        client: None,
+        server: None,
+        root_path: None,
+    };
 }
 
 impl RequestInfo {

@@ -21,6 +21,10 @@
 //!   `sync_fn(..).websocket(..)`.
 //! - Shared by both: the request [`Context`] (a typed map, asgiref's `Local`), its
 //!   [`CancellationToken`], the app [`State`], [`RequestInfo`] and the [`Error`] type.
+//! - Handler ergonomics, without macros: closures of both kinds return anything that is
+//!   [`IntoResponse`] (a status, a string, bytes, `(StatusCode, T)`, `Json<T>` with the
+//!   `json` feature, a `Result` whose `Err` the server maps and logs), and [`RequestExt`]
+//!   reads an async request's context, state, mount and info by name.
 //! - [`testing`]: drive an async handler without a socket, http or websocket.
 //! - [`plumbing`]: what servers and adapters implement (event sources, message sinks, lent
 //!   threads); handlers never need it.
@@ -34,8 +38,10 @@ mod cancel;
 mod context;
 mod error;
 mod info;
+mod into_response;
 mod park;
 pub mod plumbing;
+mod request_ext;
 mod scope;
 mod state;
 mod sync;
@@ -51,6 +57,10 @@ pub use cancel::{CancellationToken, Cancelled, DropGuard};
 pub use context::{Context, EnterGuard, Scoped};
 pub use error::{Error, ErrorKind};
 pub use info::RequestInfo;
+#[cfg(feature = "json")]
+pub use into_response::Json;
+pub use into_response::{IntoResponse, ResponseBody};
+pub use request_ext::RequestExt;
 pub use scope::{HttpScope, LifespanScope, Scope};
 pub use state::State;
 pub use sync::{

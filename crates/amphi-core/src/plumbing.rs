@@ -14,6 +14,10 @@
 //!   `amphi-async-to-sync` does) lends it with
 //!   [`ThreadSensitive::lend_current_thread`](crate::ThreadSensitive::lend_current_thread) and
 //!   runs the [`Job`]s that nested thread-sensitive calls submit, so nesting never deadlocks.
+//! - Handler failures carried by a response: a handler returns an [`Error`](crate::Error) as
+//!   an [`IntoResponse`](crate::IntoResponse) value, and whoever runs it takes the error back
+//!   out with [`take_handler_error`] to fail as the handler meant.
 
 pub use crate::asgi::{EventSource, MessageSink, SharedEventSource, SharedMessageSink};
+pub use crate::into_response::take_handler_error;
 pub use crate::thread_sensitive::{Job, LentGuard, LentThread};

@@ -123,12 +123,10 @@ impl MessageSink for OutboxSink {
 ///
 /// ```
 /// use amphi_core::testing::Communicator;
-/// use amphi_core::{async_fn, AsyncBody, AsyncRequest, Event, Message};
+/// use amphi_core::{async_fn, AsyncRequest, Event, Message};
 /// use std::sync::Arc;
 ///
-/// let echo = Arc::new(async_fn(|req: AsyncRequest| async move {
-///     http::Response::new(AsyncBody::from(req.into_body().to_bytes().await.unwrap()))
-/// }));
+/// let echo = Arc::new(async_fn(|req: AsyncRequest| async move { req.into_body().to_bytes().await }));
 /// # futures_executor::block_on(async {
 /// let mut comm = Communicator::http(echo, http::Request::post("/").body(()).unwrap());
 /// comm.send_input(Event::Request { body: "a".into(), more_body: true });

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
-use crate::idle::ConnState;
-use crate::router::HandlerKind;
+use crate::conn::ConnState;
 
 /// How a request ended, as the access log says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +23,9 @@ pub(crate) enum Outcome {
 
 /// What the access log line for one request says; logged when dropped, on every path.
 pub(crate) struct AccessRecord {
-    /// The request's connection, which reaches the app.
-    conn: Arc<ConnState>,
+    /// The request's connection, which reaches the app; `None` for a record that counts and
+    /// logs nothing (a request inside a layered router, whose outer record does both).
+    conn: Option<Arc<ConnState>>,
     method: Method,
     uri: Uri,
     version: Version,
@@ -46,16 +46,37 @@ impl AccessRecord {
         version: Version,
         kind: HandlerKind,
     ) -> AccessRecord {
-        conn.app.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         conn.request_started(version);
         AccessRecord {
-            conn,
+            conn: Some(conn),
             method,
             uri,
             version,
             kind,
             started: tracing::enabled!(target: "amphi::access", tracing::Level::WARN)
                 .then(Instant::now),
+            status: None,
+            bytes: 0,
+            outcome: Outcome::Running,
+        }
+    }
+
+    /// A record that counts nothing and logs nothing: for a request served inside a layered
+    /// router, whose outer record does both.
+    pub(crate) fn silent(
+        method: Method,
+        uri: Uri,
+        version: Version,
+        kind: HandlerKind,
+    ) -> AccessRecord {
+        AccessRecord {
+            conn: None,
+            method,
+            uri,
+            version,
+            kind,
+            started: None,
             status: None,
             bytes: 0,
             outcome: Outcome::Running,
@@ -73,10 +94,13 @@ impl AccessRecord {
 
 impl Drop for AccessRecord {
     fn drop(&mut self) {
-        self.conn.app.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        conn.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         // One clock read for both the connection's idle time and the log line.
         let now = Instant::now();
-        self.conn.request_ended(now);
+        conn.request_ended(now);
         let Some(started) = self.started else {
             return;
         };
@@ -103,7 +127,7 @@ impl Drop for AccessRecord {
                 method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
                 outcome = "cut"
             ),
-            Outcome::Running if self.conn.app.cutting.load(Ordering::Relaxed) => tracing::warn!(
+            Outcome::Running if conn.counters.cutting.load(Ordering::Relaxed) => tracing::warn!(
                 target: "amphi::access",
                 method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
                 outcome = "cut at shutdown"
@@ -113,6 +137,28 @@ impl Drop for AccessRecord {
                 method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
                 outcome = "client gone"
             ),
+        }
+    }
+}
+
+/// Which kind of handler served a request, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandlerKind {
+    Sync,
+    Async,
+    /// A tower service (`tower` feature).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    Service,
+    None,
+}
+
+impl HandlerKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            HandlerKind::Sync => "sync",
+            HandlerKind::Async => "async",
+            HandlerKind::Service => "tower",
+            HandlerKind::None => "none",
         }
     }
 }

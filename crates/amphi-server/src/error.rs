@@ -119,3 +119,20 @@ impl StdError for ServeError {
             .map(|s| s as &(dyn StdError + 'static))
     }
 }
+
+/// Displays an error with its `source()` chain: a handler's own error (`Error::handler(e)`,
+/// an `io::Error` from a body) is the source, not the message, and a log line without it
+/// would say only "handler error".
+pub(crate) struct Chain<'a>(pub(crate) &'a amphi_core::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}

@@ -13,13 +13,15 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
+use crate::incoming::Incoming;
 use amphi_core::plumbing::{SharedEventSource, SharedMessageSink};
 use amphi_core::{CancellationToken, Error, ErrorKind, Event, Message};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+
+use crate::response_rate::{WaitState, Watched};
 
 /// The state shared by the handler's `send`, its `receive` and the poller: one allocation
 /// per request for all three.
@@ -27,34 +29,175 @@ use tokio::time::{Instant, Sleep};
 pub(crate) struct Exchange {
     inner: Mutex<Outbox>,
     /// How long a streamed response has been waiting for its client, for the watchdog.
-    pub(crate) wait: crate::response_rate::WaitState,
+    pub(crate) wait: WaitState,
     /// The request body `receive` reads; `None` for an exchange without one (a sync
     /// handler's streamed body, pumped out after its request was read).
     incoming: Mutex<Option<IncomingSource>>,
 }
 
+/// The response slot: what the handler has sent that the poller has not handed on yet. Its
+/// flags are read in one place, [`Outbox::head`] for the response future and
+/// [`Outbox::next_frame`] for the response body, which say what the poller does next.
 #[derive(Default)]
 pub(crate) struct Outbox {
     /// The response head, until the poller takes it.
-    pub(crate) head: Option<(StatusCode, HeaderMap)>,
-    /// Whether a response start was sent (the head may already be taken).
-    pub(crate) started: bool,
-    pub(crate) trailers_announced: bool,
+    head: Option<(StatusCode, HeaderMap)>,
+    trailers_announced: bool,
     /// The one body chunk waiting for the poller.
-    pub(crate) chunk: Option<Bytes>,
+    chunk: Option<Bytes>,
     /// Trailers collected so far.
-    pub(crate) trailers: Option<HeaderMap>,
+    trailers: Option<HeaderMap>,
     /// The last message of the response was sent (the body end, or the last trailers).
-    pub(crate) response_done: bool,
+    response_done: bool,
     /// The request body passed the limit.
-    pub(crate) body_too_large: bool,
+    body_too_large: bool,
     /// The request body arrived slower than the server's minimum rate.
-    pub(crate) body_too_slow: bool,
+    body_too_slow: bool,
     /// The request body broke: the client went away before sending all of it, so whatever
     /// the handler answers goes to nobody.
-    pub(crate) client_gone: bool,
+    client_gone: bool,
     /// A `receive` waiting for the response to end, to yield `http.disconnect`.
     recv_waker: Option<Waker>,
+}
+
+/// What the response future does after polling the handler: see [`Outbox::head`].
+pub(crate) enum Head {
+    /// No response head yet, and the handler is still running.
+    Pending,
+    /// The head is here and the body follows, pulled from the handler by the response body;
+    /// with its exact length when the handler has sent all of it already.
+    Stream {
+        status: StatusCode,
+        headers: HeaderMap,
+        exact_len: Option<u64>,
+        /// The handler returned this error after completing its response.
+        late: Option<Error>,
+    },
+    /// The handler returned with its whole response sent.
+    Complete {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        /// The handler returned this error after completing its response.
+        late: Option<Error>,
+    },
+    /// The handler failed before its response started.
+    Failed {
+        error: Error,
+        body_too_large: bool,
+        body_too_slow: bool,
+    },
+    /// The handler returned without starting a response because its request body passed the
+    /// limit.
+    BodyTooLarge,
+    /// The handler returned `Ok` without finishing its response (`started`: it sent a head).
+    Unfinished { started: bool },
+}
+
+/// What the response body hands hyper next: see [`Outbox::next_frame`].
+pub(crate) enum Next {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The response is complete and its handler has returned.
+    End {
+        /// The client went away while sending its request (see [`Outbox::client_gone`]).
+        client_gone: bool,
+    },
+    /// The handler returned without finishing its response.
+    Unfinished,
+    /// Nothing to hand on: the handler must be polled for more.
+    PollHandler,
+}
+
+impl Outbox {
+    /// What the response future does, given what polling the handler returned.
+    pub(crate) fn head(&mut self, handler: Poll<Result<(), Error>>) -> Head {
+        let result = match handler {
+            Poll::Pending => {
+                let Some((status, headers)) = self.head.take() else {
+                    return Head::Pending;
+                };
+                // Answered in one piece while the handler has not returned yet: the body goes
+                // out with its exact length, and keeps polling the handler until it returns.
+                let complete =
+                    self.response_done && self.trailers.is_none() && !self.trailers_announced;
+                let exact_len = complete.then(|| self.chunk.as_ref().map_or(0, |c| c.len() as u64));
+                return Head::Stream {
+                    status,
+                    headers,
+                    exact_len,
+                    late: None,
+                };
+            }
+            Poll::Ready(result) => result,
+        };
+        match (self.head.take(), result) {
+            (Some((status, headers)), result) if self.response_done => {
+                let late = result.err();
+                if self.trailers.is_some() {
+                    // Trailers are a frame of their own.
+                    Head::Stream {
+                        status,
+                        headers,
+                        exact_len: None,
+                        late,
+                    }
+                } else {
+                    let body = self.chunk.take().unwrap_or_default();
+                    Head::Complete {
+                        status,
+                        headers,
+                        body,
+                        late,
+                    }
+                }
+            }
+            (_, Err(error)) => Head::Failed {
+                error,
+                body_too_large: self.body_too_large,
+                body_too_slow: self.body_too_slow,
+            },
+            (None, Ok(())) if self.body_too_large => Head::BodyTooLarge,
+            (head, Ok(())) => Head::Unfinished {
+                started: head.is_some(),
+            },
+        }
+    }
+
+    /// What the response body hands hyper next; `handler_running` says whether the handler
+    /// has returned yet.
+    pub(crate) fn next_frame(&mut self, handler_running: bool) -> Next {
+        if let Some(chunk) = self.chunk.take() {
+            return Next::Data(chunk);
+        }
+        match (self.response_done, handler_running) {
+            (true, _) if self.trailers.is_some() => {
+                Next::Trailers(self.trailers.take().expect("checked just above"))
+            }
+            (true, false) => Next::End {
+                client_gone: self.client_gone,
+            },
+            (false, false) => Next::Unfinished,
+            (_, true) => Next::PollHandler,
+        }
+    }
+
+    /// Whether [`next_frame`](Outbox::next_frame) has a frame to hand on without polling the
+    /// handler: after a poll that left the handler pending, whether the body waits for hyper.
+    pub(crate) fn has_frame(&self) -> bool {
+        self.chunk.is_some() || (self.response_done && self.trailers.is_some())
+    }
+
+    /// Whether the handler has sent the last message of its response.
+    pub(crate) fn is_done(&self) -> bool {
+        self.response_done
+    }
+
+    /// Whether the client went away while sending its request body: whatever the handler
+    /// answers goes to nobody.
+    pub(crate) fn client_gone(&self) -> bool {
+        self.client_gone
+    }
 }
 
 impl Exchange {
@@ -70,6 +213,13 @@ impl Exchange {
         // Every critical section is a few field updates that cannot panic halfway, so a
         // poisoned lock still holds consistent state.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The watchdog watches a streamed response through its exchange.
+impl Watched for Exchange {
+    fn wait_state(&self) -> &WaitState {
+        &self.wait
     }
 }
 
@@ -94,7 +244,6 @@ impl SharedMessageSink for Exchange {
                 trailers,
             } => {
                 out.head = Some((status, headers));
-                out.started = true;
                 out.trailers_announced = trailers;
             }
             Message::ResponseBody { body, more_body } => {
@@ -163,7 +312,7 @@ impl BodyRate {
 }
 
 /// The clock of [`BodyRate`]: how long the handler has waited for the client so far.
-struct RateClock {
+pub(crate) struct RateClock {
     rate: BodyRate,
     waited: Duration,
     /// Since when the handler waits for the next frame, while it does.
@@ -172,9 +321,23 @@ struct RateClock {
 }
 
 impl RateClock {
+    pub(crate) fn new(rate: BodyRate) -> RateClock {
+        RateClock {
+            rate,
+            waited: Duration::ZERO,
+            waiting_since: None,
+            timer: None,
+        }
+    }
+
+    /// The minimum rate, for error messages.
+    pub(crate) fn bytes_per_second(&self) -> u64 {
+        self.rate.bytes_per_second
+    }
+
     /// The handler waits for the client: whether the client is now too slow, else arms the
     /// timer that wakes the handler when it would be.
-    fn poll_too_slow(&mut self, received: u64, cx: &mut TaskContext<'_>) -> bool {
+    pub(crate) fn poll_too_slow(&mut self, received: u64, cx: &mut TaskContext<'_>) -> bool {
         let since = *self.waiting_since.get_or_insert_with(Instant::now);
         let deadline = since + self.rate.allowance(received).saturating_sub(self.waited);
         let timer = self
@@ -187,7 +350,7 @@ impl RateClock {
     }
 
     /// Something arrived: the wait is over.
-    fn stop_waiting(&mut self) {
+    pub(crate) fn stop_waiting(&mut self) {
         if let Some(since) = self.waiting_since.take() {
             self.waited += since.elapsed();
         }
@@ -243,12 +406,7 @@ impl IncomingSource {
 
     /// Enforces a minimum rate on the body, counting the time the handler waits for it.
     pub(crate) fn with_rate(mut self, rate: Option<BodyRate>) -> IncomingSource {
-        self.clock = rate.map(|rate| RateClock {
-            rate,
-            waited: Duration::ZERO,
-            waiting_since: None,
-            timer: None,
-        });
+        self.clock = rate.map(RateClock::new);
         self
     }
 }
@@ -267,7 +425,7 @@ impl IncomingSource {
                         .with_message(format!("the limit is {} bytes", self.limit))))
                 }
                 Reading::TooSlow => {
-                    let rate = self.clock.as_ref().map_or(0, |c| c.rate.bytes_per_second);
+                    let rate = self.clock.as_ref().map_or(0, RateClock::bytes_per_second);
                     return Poll::Ready(Err(Error::new(ErrorKind::TimedOut).with_message(
                         format!("the request body arrived slower than {rate} bytes/s"),
                     )));

@@ -16,69 +16,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Context as TaskContext;
 use std::time::Duration;
 
-use http::Version;
 use tokio::time::{Instant, Sleep};
 
-use crate::service::App;
-
-/// What one connection's requests and its task share.
-pub(crate) struct ConnState {
-    pub(crate) app: Arc<App>,
-    /// The origin of `idle_since`.
-    base: Instant,
-    /// Requests whose response is not finished (their access record is alive).
-    active: AtomicUsize,
-    /// When the last response finished, in nanoseconds since `base` (0: the connection's
-    /// start). Written before `active` is decremented, so a reader that sees no request in
-    /// progress sees the time the last one ended.
-    idle_since: AtomicU64,
-    /// The connection speaks HTTP/2: no head timeout after its first request.
-    h2: AtomicBool,
-}
-
-impl ConnState {
-    pub(crate) fn new(app: Arc<App>) -> Arc<ConnState> {
-        Arc::new(ConnState {
-            app,
-            base: Instant::now(),
-            active: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(0),
-            h2: AtomicBool::new(false),
-        })
-    }
-
-    /// A request head arrived.
-    pub(crate) fn request_started(&self, version: Version) {
-        if version == Version::HTTP_2 && !self.h2.load(Ordering::Relaxed) {
-            self.h2.store(true, Ordering::Relaxed);
-        }
-        self.active.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A request's response is finished (or abandoned), at `now`.
-    pub(crate) fn request_ended(&self, now: Instant) {
-        let since = now.saturating_duration_since(self.base);
-        self.idle_since.store(
-            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Release,
-        );
-        self.active.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// When the connection's next head is due, or `None` while a request is in progress.
-    fn head_due(&self, timeout: Duration) -> Option<Instant> {
-        if self.active.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let idle = Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
-        Some(self.base + idle + timeout)
-    }
-}
+use crate::conn::ConnState;
 
 /// The header-read deadline of one connection; its timer is a `Sleep` the connection's task
 /// keeps pinned next to it.
@@ -148,23 +93,11 @@ impl HeadDeadline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::Router;
     use std::future::poll_fn;
-    use std::sync::atomic::AtomicBool;
     use std::task::Poll;
 
     fn conn_state() -> Arc<ConnState> {
-        let routes = Router::new()
-            .compile(&amphi_sync_to_async::BlockingPool::new(1))
-            .expect("an empty router compiles");
-        ConnState::new(Arc::new(App {
-            routes,
-            state: amphi_core::State::new(),
-            max_body: 0,
-            body_rate: None,
-            in_flight: AtomicUsize::new(0),
-            cutting: AtomicBool::new(false),
-        }))
+        ConnState::new(Arc::new(crate::conn::Counters::default()))
     }
 
     /// The connection's task may reach the deadline with its cooperative budget spent (hyper

@@ -50,24 +50,69 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod accept;
 mod access;
+mod app;
 mod body;
+mod builder;
+mod conn;
+mod drain;
+mod driver;
 mod error;
 mod exchange;
 mod idle;
+mod incoming;
+#[cfg(feature = "tower")]
+mod interop;
 mod lifespan;
+mod listener;
+#[cfg(feature = "tower")]
+mod mounted;
+mod reply;
+mod response;
 mod response_rate;
 mod router;
-mod serve;
 mod service;
-mod sync_mount;
+mod serving;
+mod ws;
 
-pub use error::ServeError;
-pub use router::Router;
-pub use serve::{
-    shutdown_signal, Server, Serving, ShutdownHandle, DEFAULT_BLOCKING_THREADS,
-    DEFAULT_BODY_GRACE_PERIOD, DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MIN_BODY_RATE, DEFAULT_MIN_RESPONSE_RATE, DEFAULT_QUEUE_TIMEOUT,
-    DEFAULT_RESPONSE_GRACE_PERIOD, DEFAULT_RESPONSE_STALL_TIMEOUT,
+pub use body::ResponseBody;
+pub use builder::{
+    Server, DEFAULT_BLOCKING_THREADS, DEFAULT_BODY_GRACE_PERIOD, DEFAULT_GRACE_PERIOD,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MIN_BODY_RATE,
+    DEFAULT_MIN_RESPONSE_RATE, DEFAULT_QUEUE_TIMEOUT, DEFAULT_RESPONSE_GRACE_PERIOD,
+    DEFAULT_RESPONSE_STALL_TIMEOUT,
 };
+pub use error::ServeError;
+pub use response::ResponseFuture;
+pub use router::Router;
+pub use serving::{shutdown_signal, Serving, ShutdownHandle};
+pub use ws::{
+    WebSocketLimits, DEFAULT_MAX_WEBSOCKETS, DEFAULT_MAX_WEBSOCKET_MESSAGE, DEFAULT_WEBSOCKET_PING,
+    DEFAULT_WEBSOCKET_QUEUE,
+};
+
+/// Tower interop (`tower` feature): mount tower services and routers behind tower layers
+/// ([`Router::mount_service`], [`Router::layer`]), and serve amphi handlers as tower services
+/// ([`Server::into_service`]).
+///
+/// Over these types a tower service meets amphi's server both ways:
+///
+/// - A service mounted with [`Router::mount_service`] gets `http::Request<RequestBody>`
+///   (streamed, with the server's body limit and minimum rate) with the mount prefix taken
+///   off its path, as under axum's `nest_service`; the mount is in its
+///   [`RequestInfo`](amphi_core::RequestInfo) extension, next to the request
+///   [`Context`](amphi_core::Context) and the app [`State`](amphi_core::State). Its
+///   `poll_ready` is awaited on a clone before each call. Its errors, and its panics, become
+///   `500`s with an error log line before the response starts; after, the connection is cut.
+/// - [`Router::layer`] wraps a router (the whole one, or a nested one: a single mount is a
+///   nested router with one mount) in a tower layer; the layer sees [`MountService`](tower::MountService).
+/// - [`Server::into_service`] is a [`RouterService`](tower::RouterService): amphi's routing, pool and limits as a
+///   service another server mounts.
+#[cfg(feature = "tower")]
+pub mod tower {
+    pub use crate::interop::RouterService;
+    pub use crate::mounted::{MountService, RequestBody};
+    pub use crate::{ResponseBody, ResponseFuture};
+}

@@ -30,8 +30,6 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::exchange::Exchange;
-
 /// The credit a client can bank, in bytes at the minimum rate. Bytes count as taken once hyper
 /// has them, and the kernel's socket buffers (up to 4 MiB for a send buffer with Linux's
 /// defaults) take a client's backlog at once and then release room in lumps of about a third
@@ -60,7 +58,7 @@ impl ResponseRate {
 }
 
 /// What one streamed response shares with its connection's watchdog (it lives in the
-/// request's [`Exchange`], so it costs no allocation).
+/// request's exchange, so it costs no allocation: see [`Watched`]).
 #[derive(Debug)]
 pub(crate) struct WaitState {
     /// When the response's credit runs out, in nanoseconds since [`ConnWatch::base`], while it
@@ -79,6 +77,19 @@ impl Default for WaitState {
     }
 }
 
+/// What holds a streamed response's [`WaitState`]: the request's exchange (`exchange.rs`),
+/// which the watchdog keeps a handle on while the response streams.
+pub(crate) trait Watched: Send + Sync + 'static {
+    fn wait_state(&self) -> &WaitState;
+}
+
+/// A response without an exchange (a tower service's body) keeps its wait state alone.
+impl Watched for WaitState {
+    fn wait_state(&self) -> &WaitState {
+        self
+    }
+}
+
 impl WaitState {
     /// Whether the watchdog cut the connection because of this response.
     pub(crate) fn tripped(&self) -> bool {
@@ -94,7 +105,7 @@ pub(crate) struct ConnWatch {
     /// The origin of the deadlines.
     base: Instant,
     /// The streamed responses in flight on this connection (over HTTP/1.1, at most one).
-    responses: Mutex<Vec<Arc<Exchange>>>,
+    responses: Mutex<Vec<Arc<dyn Watched>>>,
     /// `responses.len()`, read without the lock on every wake-up of the connection's task.
     count: AtomicUsize,
     /// Some response is polled on another task than the watchdog (HTTP/2).
@@ -124,7 +135,7 @@ impl ConnWatch {
         u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(NONE - 1)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Exchange>>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<dyn Watched>>> {
         // Pushes and removals cannot panic halfway; a poisoned list is still consistent.
         self.responses.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -149,7 +160,7 @@ pub(crate) struct DrainClock {
     /// The body is polled on another task than the watchdog (HTTP/2 streams run on tasks of
     /// their own), so it must wake the watchdog when it starts waiting.
     cross_task: bool,
-    registered: Option<Arc<Exchange>>,
+    registered: Option<Arc<dyn Watched>>,
 }
 
 impl DrainClock {
@@ -164,14 +175,21 @@ impl DrainClock {
     }
 
     /// Puts the response under the connection's watch.
-    pub(crate) fn register(&mut self, exchange: &Arc<Exchange>) {
+    pub(crate) fn register(&mut self, exchange: Arc<dyn Watched>) {
         let mut list = self.watch.lock();
         list.push(exchange.clone());
         self.watch.count.store(list.len(), Ordering::Relaxed);
         if self.cross_task {
             self.watch.cross_task.store(true, Ordering::Relaxed);
         }
-        self.registered = Some(exchange.clone());
+        self.registered = Some(exchange);
+    }
+
+    /// Whether the watchdog cut the connection because of this response.
+    pub(crate) fn tripped(&self) -> bool {
+        self.registered
+            .as_ref()
+            .is_some_and(|r| r.wait_state().tripped())
     }
 
     /// The minimum rate, for the log line.
@@ -190,7 +208,10 @@ impl DrainClock {
         let deadline = self.watch.nanos(now + self.credit);
         // SeqCst with the watchdog's `next_check`: either it sees this deadline in its scan,
         // or this sees the `next_check` it stored before scanning and wakes it.
-        exchange.wait.deadline.store(deadline, Ordering::SeqCst);
+        exchange
+            .wait_state()
+            .deadline
+            .store(deadline, Ordering::SeqCst);
         if self.cross_task && deadline < self.watch.next_check.load(Ordering::SeqCst) {
             self.watch.wake();
         }
@@ -200,7 +221,7 @@ impl DrainClock {
     pub(crate) fn resumed(&mut self) {
         if let (Some(since), Some(exchange)) = (self.since.take(), &self.registered) {
             self.credit = self.credit.saturating_sub(since.elapsed());
-            exchange.wait.deadline.store(NONE, Ordering::SeqCst);
+            exchange.wait_state().deadline.store(NONE, Ordering::SeqCst);
         }
     }
 }
@@ -263,7 +284,7 @@ impl Future for Watchdog {
             let earliest = watch
                 .lock()
                 .iter()
-                .map(|x| x.wait.deadline.load(Ordering::SeqCst))
+                .map(|x| x.wait_state().deadline.load(Ordering::SeqCst))
                 .min()
                 .unwrap_or(NONE);
             if earliest == NONE {
@@ -275,10 +296,10 @@ impl Future for Watchdog {
                 let list = watch.lock();
                 let late = list
                     .iter()
-                    .find(|x| x.wait.deadline.load(Ordering::SeqCst) <= now);
+                    .find(|x| x.wait_state().deadline.load(Ordering::SeqCst) <= now);
                 // The response may have moved on since the scan; then look again.
                 if let Some(x) = late {
-                    x.wait.tripped.store(true, Ordering::Relaxed);
+                    x.wait_state().tripped.store(true, Ordering::Relaxed);
                     return Poll::Ready(());
                 }
                 continue;

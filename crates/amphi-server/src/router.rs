@@ -4,10 +4,13 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
-use amphi_core::{AsyncHandler, SyncHandler};
-use amphi_sync_to_async::BlockingPool;
+use amphi_core::{AsyncHandler, State, SyncHandler};
+use amphi_sync_to_async::{BlockingPool, SyncToAsync};
 
-use crate::sync_mount::{self, SyncMount};
+use crate::access::HandlerKind;
+use crate::app::{Route, RouteTable, SyncMount};
+use crate::conn::Counters;
+use crate::exchange::BodyRate;
 use crate::ServeError;
 
 /// Mounts sync handlers, async handlers and other routers under path prefixes.
@@ -44,25 +47,44 @@ use crate::ServeError;
 /// ```
 #[derive(Default)]
 pub struct Router {
-    mounts: Vec<Mount>,
+    pub(crate) mounts: Vec<Mount>,
+    /// Tower layers around the whole router, innermost first (`tower` feature).
+    #[cfg(feature = "tower")]
+    pub(crate) layers: Vec<crate::mounted::BoxLayer>,
 }
 
-enum Mount {
+pub(crate) enum Mount {
     Sync(String, Arc<dyn SyncHandler>),
     Async(String, Arc<dyn AsyncHandler>),
     Nested(String, Router),
+    #[cfg(feature = "tower")]
+    Service(String, Arc<dyn crate::mounted::Mounted>),
 }
 
 impl Mount {
     fn prefix(&self) -> &str {
         match self {
             Mount::Sync(p, _) | Mount::Async(p, _) | Mount::Nested(p, _) => p,
+            #[cfg(feature = "tower")]
+            Mount::Service(p, _) => p,
         }
     }
 }
 
+/// What compiling a router needs besides the router: what the app of a router behind tower
+/// layers holds, since such a router is served as an app of its own.
+#[cfg_attr(not(feature = "tower"), allow(dead_code))]
+pub(crate) struct Compile<'a> {
+    pub(crate) pool: &'a BlockingPool,
+    pub(crate) state: &'a State,
+    pub(crate) max_body: u64,
+    pub(crate) body_rate: Option<BodyRate>,
+    pub(crate) counters: &'a Arc<Counters>,
+    pub(crate) sessions: &'a Arc<crate::ws::Sessions>,
+}
+
 /// Normalizes a mount prefix: `"/"` and `""` are the root (`""`), a trailing `/` is dropped.
-fn normalize(prefix: &str) -> String {
+pub(crate) fn normalize(prefix: &str) -> String {
     let trimmed = prefix.strip_suffix('/').unwrap_or(prefix);
     if !trimmed.is_empty() {
         assert!(
@@ -87,7 +109,7 @@ impl Router {
         Router::default()
     }
 
-    fn push(mut self, mount: Mount) -> Router {
+    pub(crate) fn push(mut self, mount: Mount) -> Router {
         assert!(
             self.mounts.iter().all(|m| m.prefix() != mount.prefix()),
             "mount prefix {:?} is already mounted on this router",
@@ -144,6 +166,97 @@ impl Router {
         self.push(Mount::Async(normalize(prefix), handler))
     }
 
+    /// Mounts a tower service at `prefix` (`tower` feature): an axum `Router`, a
+    /// tower-http-wrapped service, anything that serves `http::Request<RequestBody>`. The
+    /// service sees the path below `prefix`; its body streams both ways; `poll_ready` is
+    /// awaited on a clone before each call; its errors and panics become `500`s. See
+    /// [`tower`](crate::tower).
+    ///
+    /// # Panics
+    ///
+    /// See the type's docs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use amphi_server::Router;
+    /// use amphi_server::tower::RequestBody;
+    /// use std::convert::Infallible;
+    ///
+    /// let hello = tower::service_fn(|_req: http::Request<RequestBody>| async {
+    ///     Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("hi"))))
+    /// });
+    /// let router = Router::new().mount_service("/tower", hello);
+    /// assert_eq!(router.prefixes(), ["/tower"]);
+    /// ```
+    #[cfg(feature = "tower")]
+    #[must_use]
+    pub fn mount_service<S, B>(self, prefix: &str, service: S) -> Router
+    where
+        S: tower_service::Service<
+                http::Request<crate::tower::RequestBody>,
+                Response = http::Response<B>,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mounted: Arc<dyn crate::mounted::Mounted> =
+            Arc::new(crate::mounted::ServiceMount(service));
+        self.push(Mount::Service(normalize(prefix), mounted))
+    }
+
+    /// Wraps this router in a tower layer (`tower` feature): every request it routes goes
+    /// through the layer (tower-http's `TraceLayer`, `CompressionLayer`, `CorsLayer`,
+    /// `TimeoutLayer`, ...). Layers added later wrap those added before. To layer one mount,
+    /// nest a router that holds it: `.nest("/api", Router::new().mount_async("/", h).layer(l))`.
+    /// The handlers behind the layer keep their `root_path`, lifespan and access log line (one
+    /// per request, with the status the layers answered).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use amphi_core::{async_fn, AsyncBody};
+    /// use amphi_server::Router;
+    /// use std::time::Duration;
+    ///
+    /// let api = Router::new()
+    ///     .mount_async("/", async_fn(|_req| async { http::Response::new(AsyncBody::from("api")) }))
+    ///     .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(5)));
+    /// let router = Router::new().nest("/api", api);
+    /// assert_eq!(router.prefixes(), ["/api"]);
+    /// ```
+    #[cfg(feature = "tower")]
+    #[must_use]
+    pub fn layer<L, B>(mut self, layer: L) -> Router
+    where
+        L: tower_layer::Layer<crate::tower::MountService> + Send + Sync + 'static,
+        L::Service: tower_service::Service<
+                http::Request<crate::tower::RequestBody>,
+                Response = http::Response<B>,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower_service::Service<http::Request<crate::tower::RequestBody>>>::Future:
+            Send + 'static,
+        <L::Service as tower_service::Service<http::Request<crate::tower::RequestBody>>>::Error:
+            Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.layers.push(Arc::new(move |inner| {
+            let mounted: Arc<dyn crate::mounted::Mounted> =
+                Arc::new(crate::mounted::ServiceMount(layer.layer(inner)));
+            crate::tower::MountService::new(mounted)
+        }));
+        self
+    }
+
     /// Mounts every route of `router` below `prefix`.
     ///
     /// # Panics
@@ -158,7 +271,7 @@ impl Router {
     /// root); a nested router's own prefix comes after its mounts.
     pub fn prefixes(&self) -> Vec<String> {
         let mut out = Vec::new();
-        self.flatten("", &mut |prefix, _| {
+        self.flatten("", true, &mut |prefix, _| {
             out.push(if prefix.is_empty() {
                 "/".to_owned()
             } else {
@@ -168,14 +281,22 @@ impl Router {
         out
     }
 
-    fn flatten(&self, base: &str, f: &mut dyn FnMut(&str, Flat<'_>)) {
+    /// Calls `f` with the full prefix of each mount; a router behind tower layers is one
+    /// [`Flat::Layered`] unless `into_layered` asks for its mounts.
+    fn flatten(&self, base: &str, into_layered: bool, f: &mut dyn FnMut(&str, Flat<'_>)) {
         for m in &self.mounts {
             let full = format!("{base}{}", m.prefix());
             match m {
                 Mount::Sync(_, h) => f(&full, Flat::Sync(h)),
                 Mount::Async(_, h) => f(&full, Flat::Async(h)),
+                #[cfg(feature = "tower")]
+                Mount::Service(_, s) => f(&full, Flat::Service(s)),
+                #[cfg(feature = "tower")]
+                Mount::Nested(_, r) if !into_layered && !r.layers.is_empty() => {
+                    f(&full, Flat::Layered(r))
+                }
                 Mount::Nested(_, r) => {
-                    r.flatten(&full, f);
+                    r.flatten(&full, into_layered, f);
                     // The nested router owns its prefix: what none of its mounts match is a
                     // 404 from it, not a fall-through to a shorter mount outside it.
                     if r.mounts.iter().all(|m| !m.prefix().is_empty()) {
@@ -186,51 +307,121 @@ impl Router {
         }
     }
 
-    /// Resolves the router into a lookup table; sync handlers take their slots from `pool`.
-    pub(crate) fn compile(&self, pool: &BlockingPool) -> Result<RouteTable, ServeError> {
+    /// Resolves the router into a lookup table; sync handlers take their slots from the pool.
+    pub(crate) fn compile(&self, ctx: &Compile<'_>) -> Result<RouteTable, ServeError> {
+        #[cfg(feature = "tower")]
+        if !self.layers.is_empty() {
+            let (route, lifespans) = self.layered_route("", ctx)?;
+            return Ok(RouteTable {
+                routes: vec![route],
+                lifespans,
+            });
+        }
+        self.compile_below("", ctx)
+    }
+
+    /// The table of this router's mounts below `base`, its own layers left out.
+    fn compile_below(&self, base: &str, ctx: &Compile<'_>) -> Result<RouteTable, ServeError> {
         let mut routes = Vec::new();
+        let mut lifespans: Vec<(Arc<str>, Arc<dyn AsyncHandler>)> = Vec::new();
         let mut seen = HashSet::new();
-        let mut duplicate = None;
-        self.flatten("", &mut |prefix, flat| {
+        let mut failed = None;
+        self.flatten(base, false, &mut |prefix, flat| {
             if !seen.insert(prefix.to_owned()) {
-                duplicate.get_or_insert_with(|| prefix.to_owned());
+                failed.get_or_insert_with(|| {
+                    ServeError::routes(format!(
+                        "two mounts at {:?}",
+                        if prefix.is_empty() { "/" } else { prefix }
+                    ))
+                });
                 return;
             }
-            let (target, sync, kind) = match flat {
+            let route = match flat {
                 Flat::Sync(h) => {
-                    let mount = sync_mount::mount(h.clone(), pool);
+                    let mount: SyncMount =
+                        Arc::new(SyncToAsync::new(h.clone()).pool(ctx.pool.clone()));
                     let target: Arc<dyn AsyncHandler> = mount.clone();
-                    (Some(target), Some(mount), HandlerKind::Sync)
+                    Route::new(prefix, Some(target), Some(mount), HandlerKind::Sync)
                 }
-                Flat::Async(h) => (Some(h.clone()), None, HandlerKind::Async),
-                Flat::NotFound => (None, None, HandlerKind::None),
+                Flat::Async(h) => {
+                    lifespans.push((Arc::from(prefix), h.clone()));
+                    Route::new(prefix, Some(h.clone()), None, HandlerKind::Async)
+                }
+                Flat::NotFound => Route::new(prefix, None, None, HandlerKind::None),
+                #[cfg(feature = "tower")]
+                Flat::Service(s) => {
+                    let mut route = Route::new(prefix, None, None, HandlerKind::Service);
+                    route.service = Some(s.clone());
+                    route
+                }
+                #[cfg(feature = "tower")]
+                Flat::Layered(r) => match r.layered_route(prefix, ctx) {
+                    Ok((route, inner)) => {
+                        lifespans.extend(inner);
+                        route
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        return;
+                    }
+                },
             };
-            routes.push(Route {
-                prefix: Arc::from(prefix),
-                target,
-                sync,
-                kind,
-                lifespan: matches!(flat, Flat::Async(_)),
-                order: routes.len(),
-            });
+            routes.push(route);
         });
-        if let Some(p) = duplicate {
-            return Err(ServeError::routes(format!(
-                "two mounts at {:?}",
-                if p.is_empty() { "/" } else { &p }
-            )));
+        if let Some(e) = failed {
+            return Err(e);
         }
         // Longest prefix first, so the first match is the longest; the sort is stable, so
         // equal lengths keep mount order (they cannot both match one path anyway).
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Ok(RouteTable { routes })
+        // One lifespan scope per handler, however often it is mounted.
+        let mut unique: Vec<(Arc<str>, Arc<dyn AsyncHandler>)> = Vec::new();
+        for (prefix, h) in lifespans {
+            if !unique.iter().any(|(_, u)| Arc::ptr_eq(u, &h)) {
+                unique.push((prefix, h));
+            }
+        }
+        Ok(RouteTable {
+            routes,
+            lifespans: unique,
+        })
+    }
+
+    /// This router, behind its layers, as one route at `prefix`: its mounts are compiled
+    /// into an app of their own (with their full prefixes, so its handlers see the right
+    /// `root_path`), served by a `RouterService` that the layers wrap.
+    #[cfg(feature = "tower")]
+    #[allow(clippy::type_complexity)]
+    fn layered_route(
+        &self,
+        prefix: &str,
+        ctx: &Compile<'_>,
+    ) -> Result<(Route, Vec<(Arc<str>, Arc<dyn AsyncHandler>)>), ServeError> {
+        let inner = self.compile_below(prefix, ctx)?;
+        let lifespans = inner.lifespans.clone();
+        let app = Arc::new(crate::app::App {
+            routes: inner,
+            state: ctx.state.clone(),
+            max_body: ctx.max_body,
+            body_rate: ctx.body_rate,
+            counters: ctx.counters.clone(),
+            sessions: ctx.sessions.clone(),
+        });
+        let service = crate::interop::Layered::new(app, &self.layers);
+        let mut route = Route::new(prefix, None, None, HandlerKind::Service);
+        route.service = Some(Arc::new(service));
+        Ok((route, lifespans))
     }
 }
 
-enum Flat<'a> {
+pub(crate) enum Flat<'a> {
     Sync(&'a Arc<dyn SyncHandler>),
     Async(&'a Arc<dyn AsyncHandler>),
     NotFound,
+    #[cfg(feature = "tower")]
+    Service(&'a Arc<dyn crate::mounted::Mounted>),
+    #[cfg(feature = "tower")]
+    Layered(&'a Router),
 }
 
 impl fmt::Debug for Router {
@@ -238,64 +429,6 @@ impl fmt::Debug for Router {
         f.debug_struct("Router")
             .field("prefixes", &self.prefixes())
             .finish()
-    }
-}
-
-/// Which kind of handler served a request, for the access log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HandlerKind {
-    Sync,
-    Async,
-    None,
-}
-
-impl HandlerKind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            HandlerKind::Sync => "sync",
-            HandlerKind::Async => "async",
-            HandlerKind::None => "none",
-        }
-    }
-}
-
-/// One flattened mount.
-pub(crate) struct Route {
-    pub(crate) prefix: Arc<str>,
-    /// `None`: answer 404 (a nested router's own prefix).
-    pub(crate) target: Option<Arc<dyn AsyncHandler>>,
-    /// The same handler as `target` for a sync mount, for requests served without the event
-    /// protocol.
-    pub(crate) sync: Option<SyncMount>,
-    pub(crate) kind: HandlerKind,
-    /// Whether the handler gets the lifespan scope (async mounts).
-    pub(crate) lifespan: bool,
-    /// The position in mount order (nested routers flattened in place).
-    pub(crate) order: usize,
-}
-
-/// The flattened routes, longest prefix first.
-pub(crate) struct RouteTable {
-    routes: Vec<Route>,
-}
-
-impl RouteTable {
-    /// The route for `path`: the longest prefix matching at a segment boundary.
-    pub(crate) fn resolve(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| {
-            let p = &*r.prefix;
-            match path.strip_prefix(p) {
-                Some(rest) => rest.is_empty() || rest.starts_with('/') || p.is_empty(),
-                None => false,
-            }
-        })
-    }
-
-    /// Every route, in mount order.
-    pub(crate) fn in_mount_order(&self) -> Vec<&Route> {
-        let mut v: Vec<&Route> = self.routes.iter().collect();
-        v.sort_by_key(|r| r.order);
-        v
     }
 }
 
@@ -308,8 +441,19 @@ mod tests {
         asgi_fn(|_, _, _| async { Ok(()) })
     }
 
+    fn compile(router: &Router) -> Result<RouteTable, ServeError> {
+        router.compile(&Compile {
+            pool: &BlockingPool::new(1),
+            state: &State::new(),
+            max_body: 0,
+            body_rate: None,
+            counters: &Arc::default(),
+            sessions: &Arc::new(crate::ws::Sessions::new(Default::default())),
+        })
+    }
+
     fn table(router: &Router) -> RouteTable {
-        router.compile(&BlockingPool::new(1)).unwrap()
+        compile(router).unwrap()
     }
 
     fn resolve<'a>(t: &'a RouteTable, path: &str) -> Option<(&'a str, HandlerKind)> {
@@ -359,7 +503,7 @@ mod tests {
         );
         // Inside /api but matching no mount of the nested router: its 404, not the root's.
         assert_eq!(resolve(&t, "/api/v3"), Some(("/api", HandlerKind::None)));
-        assert!(t.resolve("/api/v3").unwrap().target.is_none());
+        assert!(t.resolve("/api/v3").unwrap().is_not_found());
         assert_eq!(resolve(&t, "/other"), Some(("", HandlerKind::Async)));
     }
 
@@ -379,7 +523,7 @@ mod tests {
         let r = Router::new()
             .mount_async("/a/b", noop_async())
             .nest("/a", inner);
-        let err = r.compile(&BlockingPool::new(1)).err().unwrap();
+        let err = compile(&r).err().unwrap();
         assert!(err.is_routes());
     }
 
@@ -403,12 +547,7 @@ mod tests {
             .mount_async("/a", noop_async())
             .mount_sync("/s", sync_fn(|_| http::Response::new(SyncBody::empty())));
         let t = table(&r);
-        let with: Vec<_> = t
-            .in_mount_order()
-            .into_iter()
-            .filter(|r| r.lifespan)
-            .map(|r| &*r.prefix)
-            .collect();
+        let with: Vec<_> = t.lifespans.iter().map(|(p, _)| &**p).collect();
         assert_eq!(with, ["/a"]);
     }
 }

@@ -39,9 +39,11 @@ impl<H: SyncHandler> SyncToAsync<H> {
     ///
     /// Resolves to `Err` without a response when the pool had no free slot within its queue
     /// timeout ([`ErrorKind::Saturated`](amphi_core::ErrorKind::Saturated); the handler did not
-    /// run) or the handler panicked ([`ErrorKind::Panicked`](amphi_core::ErrorKind::Panicked),
-    /// with the panic's message). A failure while a streamed body is produced comes out of
-    /// the body as its error.
+    /// run), the handler panicked ([`ErrorKind::Panicked`](amphi_core::ErrorKind::Panicked),
+    /// with the panic's message), or the handler failed: its own error, as a
+    /// [`sync_fn`](amphi_core::sync_fn) closure's `Err` (see
+    /// [`plumbing::take_handler_error`](amphi_core::plumbing::take_handler_error)). A failure
+    /// while a streamed body is produced comes out of the body as its error.
     ///
     /// The handler's context is a child of the scope's (it shares its values; its token is
     /// the call's own), as on the `AsyncHandler` path. `body` is handed over as it is: its

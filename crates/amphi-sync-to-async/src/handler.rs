@@ -7,9 +7,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
+use amphi_core::plumbing::take_handler_error;
 use amphi_core::{
     AsyncHandler, BlockingBody, BoxFuture, Context, Error, ErrorKind, Event, HttpScope, Message,
-    Receiver, Scope, Sender, SyncHandler, SyncRequest, ThreadSensitive,
+    Receiver, Scope, Sender, SyncHandler, SyncRequest, SyncResponse, ThreadSensitive,
 };
 use bytes::Bytes;
 
@@ -84,6 +85,11 @@ use crate::pool::{BlockingPool, Slot};
 /// - [`ErrorKind::BodyTooLarge`]: a body read failed because the body passed the server's
 ///   limit and the handler had not started its response; the handler's own response is
 ///   dropped (its cleanup runs) and the server answers 413.
+/// - The handler's own error, of whatever kind it has: a [`sync_fn`](amphi_core::sync_fn)
+///   closure returned `Err`, or a handler answered with an `Error`'s
+///   [`into_response`](amphi_core::IntoResponse::into_response) (see
+///   [`plumbing::take_handler_error`](amphi_core::plumbing::take_handler_error)). The server
+///   maps and logs it as any handler error.
 ///
 /// Once the response has started, a panic or error of the body producer, or a client that is
 /// gone, is returned as `Err` and the server cuts the connection.
@@ -104,17 +110,17 @@ use crate::pool::{BlockingPool, Slot};
 /// # Examples
 ///
 /// ```
-/// use amphi_core::{sync_fn, SyncBody, SyncRequest};
+/// use amphi_core::{sync_fn, Error, SyncRequest};
 /// use amphi_sync_to_async::{BlockingPool, SyncToAsync};
 /// use std::io::Read;
 /// use std::sync::Arc;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let upper = sync_fn(|mut req: SyncRequest| {
+/// let upper = sync_fn(|mut req: SyncRequest| -> Result<String, Error> {
 ///     let mut text = String::new();
-///     req.body_mut().read_to_string(&mut text).unwrap();
-///     http::Response::new(SyncBody::from(text.to_uppercase()))
+///     req.body_mut().read_to_string(&mut text)?; // a failed read: the future's `Err`
+///     Ok(text.to_uppercase())
 /// });
 /// let app = Arc::new(SyncToAsync::new(upper).pool(BlockingPool::new(64)));
 ///
@@ -524,16 +530,23 @@ fn run_handler<H: SyncHandler + ?Sized>(
     exchange: &Arc<Exchange>,
 ) -> Result<Outcome, Error> {
     let request = SyncRequest::from_scope(scope, body);
-    let response = catch_unwind(AssertUnwindSafe(|| handler.call(request)))
+    let mut response = catch_unwind(AssertUnwindSafe(|| handler.call(request)))
         .map_err(|p| Error::from_panic(&*p))?;
+    // A handler that failed (a `sync_fn` closure's `Err`) answered with its error inside the
+    // response: it becomes the call's `Err`, which the server maps and logs. Checked after the
+    // body limit: the limit's 413 stands whatever the handler made of its failed read. On a
+    // response without one this is a look at empty extensions.
+    let failure = take_handler_error(&mut response);
     if exchange.saw_too_large() {
         // The handler's answer to a body it could not read whole is replaced by the server's
-        // 413; dropping the response here runs its body's cleanup, which may panic too.
-        if catch_unwind(AssertUnwindSafe(move || drop(response))).is_err() {
-            tracing::error!("a sync response body's cleanup panicked while being dropped");
-        }
+        // 413.
+        drop_quietly(response);
         return Err(Error::new(ErrorKind::BodyTooLarge)
             .with_message("the request body passed the limit while the handler read it"));
+    }
+    if let Some(e) = failure {
+        drop_quietly(response);
+        return Err(e);
     }
     let (parts, body) = response.into_parts();
     match body.try_into_bytes() {
@@ -549,6 +562,14 @@ fn run_handler<H: SyncHandler + ?Sized>(
                 Err(p) => Err(Error::from_panic(&*p)),
             }
         }
+    }
+}
+
+/// Drops a response the handler's failure replaces; that runs its body's cleanup, which may
+/// panic too.
+fn drop_quietly(response: SyncResponse) {
+    if catch_unwind(AssertUnwindSafe(move || drop(response))).is_err() {
+        tracing::error!("a sync response body's cleanup panicked while being dropped");
     }
 }
 

@@ -94,7 +94,9 @@ async fn saturated_and_panicked_return_errors_without_sending() {
     timeout(BOUND, first.wait()).await.unwrap().unwrap();
 
     // Panicked.
-    let boom = Arc::new(SyncToAsync::new(sync_fn(|_| panic!("handler blew up"))));
+    let boom = Arc::new(SyncToAsync::new(sync_fn(|_| -> amphi_core::SyncResponse {
+        panic!("handler blew up")
+    })));
     let mut comm = Communicator::http(boom, post("/"));
     comm.send_input(Event::Request {
         body: Bytes::new(),

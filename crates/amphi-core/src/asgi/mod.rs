@@ -20,7 +20,8 @@ pub use websocket::{
     websocket_fn, Accept, CloseFrame, WebSocket, WebSocketFn, WebSocketRequest, WithWebSocket,
 };
 
-use crate::{Error, Scope};
+use crate::into_response::take_handler_error;
+use crate::{Error, IntoResponse, Scope};
 
 /// A boxed, sendable future: what [`AsyncHandler::call`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -141,12 +142,24 @@ pub struct AsyncFn<F> {
     f: F,
 }
 
-/// Makes an [`AsyncHandler`] from an async closure taking an [`AsyncRequest`] and returning an
-/// [`AsyncResponse`]. The sugar drives the event protocol: the request body streams in from
+/// Makes an [`AsyncHandler`] from an async closure taking an [`AsyncRequest`] and returning
+/// anything that is [`IntoResponse<AsyncBody>`](IntoResponse): an [`AsyncResponse`], a
+/// status, a string, bytes, a `(StatusCode, T)` pair, `Json<T>` (feature `json`), or a
+/// `Result` of those. The sugar drives the event protocol: the request body streams in from
 /// `receive` as the closure reads it, and the response body streams out through `send`.
+///
+/// The request's extensions hold its [`RequestInfo`](crate::RequestInfo), its
+/// [`Context`](crate::Context) and the app [`State`](crate::State); [`RequestExt`](crate::RequestExt)
+/// reads them by name.
 ///
 /// Lifespan events are acknowledged; websocket sessions are denied (closed before accept)
 /// unless [`websocket`](AsyncFn::websocket) adds a websocket handler.
+///
+/// # Errors
+///
+/// A closure that returns `Err(error)` with an [`Error`] makes the handler's future return that
+/// error, before anything is sent: the server logs it and maps its kind to a status (a body over
+/// the limit is a 413; see [`IntoResponse`]). So `?` works on body reads.
 ///
 /// # Examples
 ///
@@ -164,18 +177,38 @@ pub struct AsyncFn<F> {
 /// assert_eq!(resp.body, "ping");
 /// # });
 /// ```
-pub fn async_fn<F, Fut>(f: F) -> AsyncFn<F>
+///
+/// With `?`, and a status with a string as the answer:
+///
+/// ```
+/// use amphi_core::{async_fn, AsyncRequest, Error};
+/// use http::StatusCode;
+///
+/// let count = async_fn(|req: AsyncRequest| async move {
+///     let body = req.into_body().to_bytes().await?;
+///     Ok::<_, Error>((StatusCode::CREATED, format!("{} bytes\n", body.len())))
+/// });
+///
+/// # futures_executor::block_on(async {
+/// let req = http::Request::post("/").body(bytes::Bytes::from("four")).unwrap();
+/// let resp = amphi_core::testing::call(&std::sync::Arc::new(count), req).await.unwrap();
+/// assert_eq!((resp.status, &resp.body[..]), (StatusCode::CREATED, &b"4 bytes\n"[..]));
+/// # });
+/// ```
+pub fn async_fn<F, Fut, R>(f: F) -> AsyncFn<F>
 where
     F: Fn(AsyncRequest) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = AsyncResponse> + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoResponse<AsyncBody>,
 {
     AsyncFn { f }
 }
 
-impl<F, Fut> AsyncHandler for AsyncFn<F>
+impl<F, Fut, R> AsyncHandler for AsyncFn<F>
 where
     F: Fn(AsyncRequest) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = AsyncResponse> + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoResponse<AsyncBody>,
 {
     fn call(
         &self,
@@ -196,10 +229,11 @@ where
     }
 }
 
-impl<F, Fut> AsyncFn<F>
+impl<F, Fut, R> AsyncFn<F>
 where
     F: Fn(AsyncRequest) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = AsyncResponse> + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoResponse<AsyncBody>,
 {
     /// Both `call`s: the future borrows nothing from `self`.
     fn serve(
@@ -229,7 +263,13 @@ where
             parts,
             AsyncBody::incoming(receive),
         ));
-        Box::pin(async move { send_response(&mut send, fut.await, ResponseKind::Http).await })
+        Box::pin(async move {
+            let mut response = fut.await.into_response();
+            if let Some(e) = take_handler_error(&mut response) {
+                return Err(e);
+            }
+            send_response(&mut send, response, ResponseKind::Http).await
+        })
     }
 }
 

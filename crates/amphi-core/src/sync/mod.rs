@@ -9,6 +9,8 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
+use crate::IntoResponse;
+
 pub use body::{BlockingBody, IntoChunks};
 pub use request::SyncRequest;
 pub use response::{BodyWriter, SyncBody, SyncResponse};
@@ -29,6 +31,15 @@ use crate::WithWebSocket;
 /// adapter, the server): the client gets a 500 if the response had not started, a cut
 /// connection if it had, and the server carries on. The body's cleanup still runs.
 ///
+/// # Errors
+///
+/// `call` returns a response, not a `Result`: a handler fails by returning an
+/// [`Error`](crate::Error)'s [`into_response`](crate::IntoResponse::into_response) (a 500 that
+/// carries the error). What runs the handler takes the error back out
+/// ([`plumbing::take_handler_error`](crate::plumbing::take_handler_error)); `SyncToAsync`
+/// returns it as its `Err`, so the server maps and logs it as any handler error. [`sync_fn`]
+/// closures just return a `Result`.
+///
 /// # Cancellation
 ///
 /// A running blocking call cannot be interrupted. When the request is abandoned, the
@@ -39,7 +50,8 @@ use crate::WithWebSocket;
 /// # Examples
 ///
 /// ```
-/// use amphi_core::{SyncHandler, SyncRequest, SyncResponse, SyncBody};
+/// use amphi_core::{IntoResponse, SyncHandler, SyncRequest, SyncResponse};
+/// use http::StatusCode;
 /// use std::io::Read;
 ///
 /// struct Upper;
@@ -48,9 +60,9 @@ use crate::WithWebSocket;
 ///     fn call(&self, mut req: SyncRequest) -> SyncResponse {
 ///         let mut text = String::new();
 ///         if req.body_mut().read_to_string(&mut text).is_err() {
-///             return http::Response::builder().status(400).body(SyncBody::empty()).unwrap();
+///             return (StatusCode::BAD_REQUEST, "not utf-8 text\n").into_response();
 ///         }
-///         http::Response::new(SyncBody::from(text.to_uppercase()))
+///         text.to_uppercase().into_response()
 ///     }
 /// }
 ///
@@ -132,7 +144,15 @@ pub struct SyncFn<F> {
     f: F,
 }
 
-/// Makes a [`SyncHandler`] from a `Fn(SyncRequest) -> SyncResponse` closure.
+/// Makes a [`SyncHandler`] from a closure taking a [`SyncRequest`] and returning anything that
+/// is [`IntoResponse<SyncBody>`](IntoResponse): a [`SyncResponse`], a status, a string,
+/// bytes, a `(StatusCode, T)` pair, or a `Result` of those.
+///
+/// # Errors
+///
+/// A closure that returns `Err(error)` with an [`Error`](crate::Error) (or an `io::Error`,
+/// such as a failed body read) fails the request: the server logs the error and maps its kind
+/// to a status (see [`IntoResponse`]), as it does for an async handler's `Err`.
 ///
 /// # Examples
 ///
@@ -145,19 +165,37 @@ pub struct SyncFn<F> {
 /// let resp = hello.call(SyncRequest::new(http::Request::get("/there").body(Default::default()).unwrap()));
 /// assert_eq!(resp.into_body().collect().unwrap(), "hello from /there");
 /// ```
-pub fn sync_fn<F>(f: F) -> SyncFn<F>
+///
+/// With `?` on a body read, and a plain string as the answer:
+///
+/// ```
+/// use amphi_core::{sync_fn, Error, SyncHandler, SyncRequest};
+/// use std::io::Read;
+///
+/// let upper = sync_fn(|mut req: SyncRequest| -> Result<String, Error> {
+///     let mut text = String::new();
+///     req.body_mut().read_to_string(&mut text)?; // a body over the limit: the server's 413
+///     Ok(text.to_uppercase())
+/// });
+/// let resp = upper.call(SyncRequest::new(http::Request::post("/").body("shout".into()).unwrap()));
+/// assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+/// assert_eq!(resp.into_body().collect().unwrap(), "SHOUT");
+/// ```
+pub fn sync_fn<F, R>(f: F) -> SyncFn<F>
 where
-    F: Fn(SyncRequest) -> SyncResponse + Send + Sync + 'static,
+    F: Fn(SyncRequest) -> R + Send + Sync + 'static,
+    R: IntoResponse<SyncBody>,
 {
     SyncFn { f }
 }
 
-impl<F> SyncHandler for SyncFn<F>
+impl<F, R> SyncHandler for SyncFn<F>
 where
-    F: Fn(SyncRequest) -> SyncResponse + Send + Sync + 'static,
+    F: Fn(SyncRequest) -> R + Send + Sync + 'static,
+    R: IntoResponse<SyncBody>,
 {
     fn call(&self, request: SyncRequest) -> SyncResponse {
-        (self.f)(request)
+        (self.f)(request).into_response()
     }
 }
 

@@ -1,0 +1,211 @@
+//! Serving a listener: the accept loop (connections in, up to the connection cap), each
+//! connection's task (hyper next to its watchdogs), and at shutdown the drain and the cut
+//! after the grace period.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use amphi_core::CancellationToken;
+use amphi_sync_to_async::BlockingPool;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::app::App;
+use crate::conn::{connection_builder, ConnSettings, ConnState};
+use crate::drain::{Drain, DrainWatch};
+use crate::idle::HeadDeadline;
+use crate::lifespan::Lifespans;
+use crate::listener::{is_connection_error, Listen};
+use crate::response_rate::{ConnWatch, Watchdog};
+use crate::service::ConnService;
+use crate::serving::{Serving, ShutdownHandle};
+use crate::ServeError;
+
+/// A server whose lifespan startup has run, ready to serve a listener.
+pub(crate) struct Prepared {
+    pub(crate) app: Arc<App>,
+    pub(crate) pool: BlockingPool,
+    pub(crate) lifespans: Lifespans,
+    pub(crate) lifespan_timeout: Duration,
+    pub(crate) conn: ConnSettings,
+    pub(crate) max_connections: usize,
+    pub(crate) grace_period: Duration,
+}
+
+impl Prepared {
+    pub(crate) async fn abandon(self) {
+        self.lifespans.shutdown(self.lifespan_timeout).await;
+    }
+
+    pub(crate) fn spawn<L: Listen>(self, listener: L) -> Serving {
+        let local_addr = listener.local_addr();
+        let token = CancellationToken::new();
+        let app = self.app.clone();
+        let pool = self.pool.clone();
+        let task = tokio::spawn(run(listener, self, token.clone()));
+        Serving::new(local_addr, pool, ShutdownHandle::new(token), app, task)
+    }
+}
+
+/// Accepts and serves until `token` is cancelled, then drains, cuts what is left after the
+/// grace period, and runs lifespan shutdown.
+async fn run<L: Listen>(
+    mut listener: L,
+    prepared: Prepared,
+    token: CancellationToken,
+) -> Result<(), ServeError> {
+    let Prepared {
+        app,
+        pool: _,
+        lifespans,
+        lifespan_timeout,
+        conn: settings,
+        max_connections,
+        grace_period,
+    } = prepared;
+    let builder = Arc::new(connection_builder(settings));
+    let drain = Arc::new(Drain::default());
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let mut conns = JoinSet::new();
+    let server_addr = listener.local_addr();
+    loop {
+        // Reap finished connection tasks so the set does not grow with the server's age.
+        while conns.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            permit = limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (io, client) = match accepted {
+            Ok(a) => a,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        listener.prepare(&io);
+        let state = ConnState::new(app.counters.clone());
+        let service = ConnService {
+            app: app.clone(),
+            client,
+            server: server_addr,
+            conn: Some(state.clone()),
+            watch: settings.response_rate.map(ConnWatch::new),
+        };
+        let served = serve(
+            io,
+            service,
+            state,
+            builder.clone(),
+            DrainWatch::new(drain.clone()),
+            settings.header_read_timeout,
+        );
+        conns.spawn(async move {
+            let _permit = permit;
+            served.await;
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        connections = conns.len(),
+        requests = app.counters.in_flight.load(Ordering::Relaxed),
+        websockets = app.sessions.live(),
+        "shutting down: stopped accepting; draining for up to {grace_period:?}"
+    );
+    let drained = tokio::time::timeout(grace_period, async {
+        drain.start();
+        app.sessions.go_away();
+        while conns.join_next().await.is_some() {}
+        app.sessions.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = conns.len(),
+            requests = app.counters.in_flight.load(Ordering::Relaxed),
+            "grace period over: cutting what is still running"
+        );
+        app.counters.cutting.store(true, Ordering::Relaxed);
+        conns.shutdown().await;
+        app.sessions.cut().await;
+    }
+    lifespans.shutdown(lifespan_timeout).await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Serves one accepted connection until it ends, or until its response-rate watchdog or its
+/// header-read deadline cuts it; once `drain` says so, the connection finishes its requests
+/// and closes.
+// Not an `async fn`: that would lay its arguments out twice in the task's future (as
+// arguments and as the locals they move into), and every connection allocates that future.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve<I>(
+    io: I,
+    service: ConnService,
+    state: Arc<ConnState>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut drain: DrainWatch,
+    head_timeout: Option<Duration>,
+) -> impl Future<Output = ()> + Send
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async move {
+        let watch = service.watch.clone();
+        // Made here, borrowing the shared builder, rather than made outside and moved in: a
+        // captured connection would be laid out twice in this future (the capture and the
+        // pinned local), and an owned one carries its own copy of the builder.
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        // Polled after the connection, so they see what the connection just did: returning
+        // drops the connection, which cuts it.
+        let mut watchdog = Watchdog::new(watch);
+        let mut deadline = head_timeout.map(|t| HeadDeadline::new(state, t));
+        let timer = tokio::time::sleep(head_timeout.unwrap_or(Duration::MAX));
+        tokio::pin!(timer);
+        std::future::poll_fn(|cx| {
+            if drain.poll_started(cx) {
+                conn.as_mut().graceful_shutdown();
+            }
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                log_connection_end(result);
+                return Poll::Ready(());
+            }
+            if Pin::new(&mut watchdog).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if let Some(d) = &mut deadline {
+                if d.poll_expired(timer.as_mut(), cx) {
+                    tracing::debug!(
+                        "no request head within the header read timeout; closing the connection"
+                    );
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = result {
+        // Clients reset, time out and send garbage all the time; not the server's problem.
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
