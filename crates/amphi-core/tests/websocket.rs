@@ -287,12 +287,10 @@ fn deny_with_sends_the_apps_own_response_streamed() {
             .unwrap();
         req.deny_with(response).await
     }));
+    // Anything that is IntoResponse: here a status and a string.
     let full = Arc::new(websocket_fn(|req: WebSocketRequest| async move {
-        let response = http::Response::builder()
-            .status(StatusCode::TOO_MANY_REQUESTS)
-            .body(AsyncBody::from("slow down"))
-            .unwrap();
-        req.deny_with(response).await
+        req.deny_with((StatusCode::TOO_MANY_REQUESTS, "slow down"))
+            .await
     }));
     block_on(async {
         let mut client = WebSocketCommunicator::new(handler, get("/ws"));
@@ -310,6 +308,7 @@ fn deny_with_sends_the_apps_own_response_streamed() {
             panic!("denied")
         };
         assert_eq!(resp.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers["content-type"], "text/plain; charset=utf-8");
         assert_eq!(resp.body, "slow down");
         assert_eq!(
             resp.body_messages, 1,
@@ -592,4 +591,17 @@ fn the_denial_messages_have_their_asgi_names() {
         err.to_string().contains("does not belong to an http scope"),
         "{err}"
     );
+}
+
+#[test]
+fn deny_with_an_error_returns_it_and_sends_nothing() {
+    let handler = Arc::new(websocket_fn(|req: WebSocketRequest| async move {
+        let failed: Result<&str, Error> = Err(Error::new(ErrorKind::Saturated));
+        req.deny_with(failed).await
+    }));
+    block_on(async {
+        let mut client = WebSocketCommunicator::new(handler, get("/ws"));
+        assert!(client.connect().await.unwrap_err().is_saturated());
+        assert_eq!(client.receive().await, None);
+    });
 }

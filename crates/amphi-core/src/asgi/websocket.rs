@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::{send_response, AsyncResponse, BoxFuture, ResponseKind};
+use super::{send_response, BoxFuture, ResponseKind};
+use crate::into_response::take_handler_error;
 use crate::{
-    AsyncHandler, CancellationToken, Error, ErrorKind, Event, HttpScope, Message, Receiver, Scope,
-    Sender, WebSocketData,
+    AsyncBody, AsyncHandler, CancellationToken, Error, ErrorKind, Event, HttpScope, IntoResponse,
+    Message, Receiver, Scope, Sender, WebSocketData,
 };
 
 /// How a websocket ended from the client's side: the code and reason of its close frame, or
@@ -295,14 +296,20 @@ impl WebSocketRequest {
             .await
     }
 
-    /// Denies the handshake with `response` (status, headers, body streamed as it is read),
-    /// through ASGI's `websocket.http.response` extension.
+    /// Denies the handshake with `response`, anything that is
+    /// [`IntoResponse<AsyncBody>`](IntoResponse) (status, headers, body streamed as it is
+    /// read), through ASGI's `websocket.http.response` extension.
     ///
     /// # Errors
     ///
     /// When `send` fails (the client is gone) or the body fails; after the start the server
-    /// cuts the connection.
-    pub async fn deny_with(mut self, response: AsyncResponse) -> Result<(), Error> {
+    /// cuts the connection. An [`Error`] given as the response is returned as it is, with
+    /// nothing sent (the server answers it as a handler error).
+    pub async fn deny_with(mut self, response: impl IntoResponse<AsyncBody>) -> Result<(), Error> {
+        let mut response = response.into_response();
+        if let Some(e) = take_handler_error(&mut response) {
+            return Err(e);
+        }
         send_response(&mut self.send, response, ResponseKind::Denial).await
     }
 

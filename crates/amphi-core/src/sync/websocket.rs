@@ -11,10 +11,11 @@ use std::task::Poll;
 use bytes::Bytes;
 
 use crate::asgi::{client_closed, expect_connect, incoming, Incoming};
+use crate::into_response::take_handler_error;
 use crate::park::block_on;
 use crate::{
-    Accept, CancellationToken, Cancelled, CloseFrame, Error, ErrorKind, Event, HttpScope, Message,
-    Receiver, Sender, SyncResponse, WebSocketData,
+    Accept, CancellationToken, Cancelled, CloseFrame, Error, ErrorKind, Event, HttpScope,
+    IntoResponse, Message, Receiver, Sender, SyncBody, WebSocketData,
 };
 
 fn cancelled_error() -> Error {
@@ -94,13 +95,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// # Examples
 ///
 /// ```
-/// use amphi_core::{sync_fn, Accept, SyncBody, SyncRequest, SyncWebSocketRequest};
+/// use amphi_core::{sync_fn, Accept, SyncRequest, SyncWebSocketRequest};
+/// use http::StatusCode;
 ///
-/// let app = sync_fn(|_req: SyncRequest| http::Response::new(SyncBody::from("page")))
+/// let app = sync_fn(|_req: SyncRequest| "page")
 ///     .websocket(|req: SyncWebSocketRequest| {
 ///         if req.scope().headers().get("authorization").is_none() {
-///             let resp = http::Response::builder().status(401).body(SyncBody::from("log in first")).unwrap();
-///             return req.deny_with(resp);
+///             return req.deny_with((StatusCode::UNAUTHORIZED, "log in first\n"));
 ///         }
 ///         let chosen = req.subprotocols().first().map(|p| p.to_string());
 ///         let accept = match chosen {
@@ -218,14 +219,20 @@ impl SyncWebSocketRequest {
         send_blocking(&mut self.send, &mut None, &token, close).map_err(Error::into_io)
     }
 
-    /// Denies the handshake with `response`, its body produced on this thread and sent as
-    /// it comes, through ASGI's `websocket.http.response` extension.
+    /// Denies the handshake with `response`, anything that is
+    /// [`IntoResponse<SyncBody>`](IntoResponse), its body produced on this thread and sent
+    /// as it comes, through ASGI's `websocket.http.response` extension.
     ///
     /// # Errors
     ///
     /// See the type's docs; and the body producer's own error, after which the connection
-    /// is cut.
-    pub fn deny_with(mut self, response: SyncResponse) -> io::Result<()> {
+    /// is cut. An [`Error`] given as the response is returned (as an `io::Error` that
+    /// [`Error::from_io`] finds) with nothing sent.
+    pub fn deny_with(mut self, response: impl IntoResponse<SyncBody>) -> io::Result<()> {
+        let mut response = response.into_response();
+        if let Some(e) = take_handler_error(&mut response) {
+            return Err(e.into_io());
+        }
         let token = self.scope.context().token().clone();
         let mut cancelled = None;
         let (parts, body) = response.into_parts();
