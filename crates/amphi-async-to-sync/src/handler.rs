@@ -60,10 +60,10 @@ const OUT_CAPACITY: usize = 4;
 ///
 /// [`SyncHandler::websocket`] serves the session with the async handler on a
 /// [`Scope::WebSocket`]: the caller's thread drives the handler until it returns, over the
-/// session's own `receive` and `send` ends (the
-/// [`SyncWebSocketRequest`]'s, handed over as they are: no thread and no queue of its own).
-/// When the caller's request is cancelled, the handler's `receive` yields
-/// `websocket.disconnect` with 1006 once the events before it are read. The handler's error
+/// session's own `receive` and `send` ends (the [`SyncWebSocketRequest`]'s, handed over as
+/// they are: no thread and no queue of its own), so the handler sees the session end as
+/// those ends report it (`SyncToAsync`'s: the client's close, or 1006 once the session is
+/// cancelled). The handler's error
 /// (or panic) comes back as the `io::Error` of the call, for the caller to close 1011 or deny
 /// 500 as its runner does.
 ///
@@ -180,11 +180,6 @@ impl<H: AsyncHandler> AsyncToSync<H> {
         let context = request_context.child();
         let token = context.token().clone();
         let scope = HttpScope::from_parts(parts, info, context.clone(), state);
-        let receive = Receiver::new(Watched {
-            inner: receive,
-            token: token.clone(),
-            cancelled: None,
-        });
         let future = H::call_owned(self.handler.clone(), Scope::WebSocket(scope), receive, send);
         let mut session = Session {
             future,
@@ -194,31 +189,6 @@ impl<H: AsyncHandler> AsyncToSync<H> {
         let span = tracing::Span::current();
         let result = block_on_drive(&mut session, Some(&context), &span, &loan);
         result.and_then(|r| r).map_err(Error::into_io)
-    }
-}
-
-/// The handler's `receive` in a websocket session: the session's own, and a
-/// `websocket.disconnect` with 1006 once the caller's request is cancelled, so that the
-/// handler hears of a client gone even from ends that do not say so themselves.
-struct Watched {
-    inner: Receiver,
-    token: CancellationToken,
-    cancelled: Option<Cancelled>,
-}
-
-impl EventSource for Watched {
-    fn poll_event(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Event, Error>> {
-        if let Poll::Ready(event) = self.inner.poll_receive(cx) {
-            return Poll::Ready(event);
-        }
-        let cancelled = self.cancelled.get_or_insert_with(|| self.token.cancelled());
-        match std::pin::Pin::new(cancelled).poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Ok(Event::WebSocketDisconnect {
-                code: 1006,
-                reason: String::new(),
-            })),
-            Poll::Pending => Poll::Pending,
-        }
     }
 }
 

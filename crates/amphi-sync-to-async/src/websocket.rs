@@ -20,8 +20,8 @@ use std::task::{Context as TaskContext, Poll, Waker};
 
 use amphi_core::plumbing::{SharedEventSource, SharedMessageSink};
 use amphi_core::{
-    CancellationToken, DropGuard, Error, ErrorKind, Event, HttpScope, Message, Receiver, Sender,
-    SyncHandler, SyncWebSocketRequest, ThreadSensitive,
+    CancellationToken, Cancelled, DropGuard, Error, ErrorKind, Event, HttpScope, Message, Receiver,
+    Sender, SyncHandler, SyncWebSocketRequest, ThreadSensitive,
 };
 
 use crate::handler::{spawn_blocking_work, Report};
@@ -107,12 +107,23 @@ impl Queues {
     fn push_event(&self, event: Result<Event, Error>, end: Option<Event>) {
         let mut s = self.lock();
         s.events.push_back(event);
-        if end.is_some() {
-            s.end = end;
-            s.client_gone = true;
-            wake(&mut s.writer);
+        if let Some(end) = end {
+            Queues::ended(&mut s, end);
         }
         wake(&mut s.reader);
+    }
+
+    /// Ends the events with `end`, after those queued, without a place in the queue.
+    fn end(&self, end: Event) {
+        let mut s = self.lock();
+        Queues::ended(&mut s, end);
+        wake(&mut s.reader);
+    }
+
+    fn ended(s: &mut State, end: Event) {
+        s.end = Some(end);
+        s.client_gone = true;
+        wake(&mut s.writer);
     }
 
     /// The next message of the blocking side, or its outcome once every message is taken;
@@ -227,6 +238,7 @@ pub(crate) fn start<H: SyncHandler>(
     let context = scope.context().child();
     let token = context.token().clone();
     let guard = token.clone().drop_guard();
+    let cancelled = token.cancelled();
     let queues = Queues::new();
     let scope = scope.with_context(context.clone());
     let ends = queues.clone();
@@ -237,6 +249,7 @@ pub(crate) fn start<H: SyncHandler>(
         queues,
         guard: Some(guard),
         token,
+        cancelled,
         receive,
         send,
         events_done: false,
@@ -273,6 +286,8 @@ pub(crate) struct Session {
     /// Flips the session's token if the future goes before the handler has returned.
     guard: Option<DropGuard>,
     token: CancellationToken,
+    /// The session's token flipping, watched while the events are not ended.
+    cancelled: Cancelled,
     receive: Receiver,
     send: Sender,
     /// The disconnect has been queued: nothing more is read from `receive`.
@@ -319,6 +334,31 @@ impl Session {
         }
     }
 
+    /// The session's token flipped (the server is done with the socket, or cancelled the
+    /// request): the blocking reader waits on the queue alone, so the events end here. What
+    /// `receive` has ready goes first, so a client's close on its way is seen as that close;
+    /// without one, the session ends as a dropped connection (1006).
+    fn end_on_cancel(&mut self, cx: &mut TaskContext<'_>) {
+        if self.events_done || Pin::new(&mut self.cancelled).poll(cx).is_pending() {
+            return;
+        }
+        self.pump_events(cx);
+        if self.events_done {
+            return;
+        }
+        let end = match self.receive.poll_receive(cx) {
+            Poll::Ready(Ok(e @ Event::WebSocketDisconnect { .. })) => e,
+            // Messages that find the queue full are lost with the session.
+            _ => Event::WebSocketDisconnect {
+                code: 1006,
+                reason: String::new(),
+            },
+        };
+        self.events_done = true;
+        self.client_gone = true;
+        self.queues.end(end);
+    }
+
     /// The last message the protocol needs after the handler returned with `outcome`.
     fn last_message(&mut self, outcome: Result<(), Error>) -> Option<Message> {
         let owed = !self.send.is_finished() && !self.client_gone;
@@ -341,6 +381,7 @@ impl Session {
 
     fn poll_session(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
         self.pump_events(cx);
+        self.end_on_cancel(cx);
         loop {
             if self.pending.is_some() {
                 std::task::ready!(self.send.poll_send(cx, &mut self.pending))?;

@@ -27,23 +27,13 @@ fn dropped_error() -> Error {
         .with_message("the connection dropped without a close frame (1006)")
 }
 
-/// Blocks until `receive` yields an event, or fails once `token` flips. Events already queued
-/// are delivered before a flipped token is noticed.
-fn recv_blocking(
-    receive: &mut Receiver,
-    cancelled: &mut Option<Cancelled>,
-    token: &CancellationToken,
-) -> Result<Event, Error> {
-    block_on(|cx| {
-        if let Poll::Ready(event) = receive.poll_receive(cx) {
-            return Poll::Ready(event);
-        }
-        let wait = cancelled.get_or_insert_with(|| token.cancelled());
-        match Pin::new(wait).poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(cancelled_error())),
-            Poll::Pending => Poll::Pending,
-        }
-    })
+/// Blocks until `receive` yields an event.
+///
+/// It does not watch the token: whoever provides the ends knows the session's order (the
+/// client's close may be on its way when the token flips because the socket is done), and
+/// ends a cancelled session with a disconnect or an error of its own.
+fn recv_blocking(receive: &mut Receiver) -> Result<Event, Error> {
+    block_on(|cx| receive.poll_receive(cx))
 }
 
 /// Blocks until `send` has taken `message`, or fails once `token` flips (at once if it has).
@@ -130,9 +120,12 @@ impl SyncWebSocketRequest {
     /// [`EventSource`](crate::plumbing::EventSource) and
     /// [`MessageSink`](crate::plumbing::MessageSink) must work without a runtime context on
     /// that thread (wake it when an event or room comes, never create timers or I/O resources
-    /// in a poll), and should fail or yield a disconnect once the session is over. They are
-    /// also handed as they are to an async handler when one serves the request
-    /// ([`into_parts`](SyncWebSocketRequest::into_parts)).
+    /// in a poll). The source **must** end a session that is over, cancelled included, with
+    /// `websocket.disconnect` (1006 for a connection gone) or an error: a blocking `recv`
+    /// waits on the source alone, so that the client's close is never cut short by a token
+    /// that flipped because the socket is done. (Sends also fail at once on a flipped
+    /// token.) The ends are handed as they are to an async handler when one serves the
+    /// request ([`into_parts`](SyncWebSocketRequest::into_parts)).
     pub fn new(scope: HttpScope, receive: Receiver, send: Sender) -> SyncWebSocketRequest {
         SyncWebSocketRequest {
             scope,
@@ -180,27 +173,22 @@ impl SyncWebSocketRequest {
         let token = scope.context().token().clone();
         let subprotocol = accept.subprotocol().map(str::to_owned);
         let message = accept.into_message(&scope).map_err(Error::into_io)?;
-        let mut cancelled = None;
-        recv_blocking(&mut receive, &mut cancelled, &token)
+        recv_blocking(&mut receive)
             .and_then(expect_connect)
             .map_err(Error::into_io)?;
         // The wait on the token moves with its half: re-polled by the same thread's waker, it
         // keeps its registration.
-        let mut write_cancelled = None;
-        send_blocking(&mut send, &mut write_cancelled, &token, message).map_err(Error::into_io)?;
+        let mut cancelled = None;
+        send_blocking(&mut send, &mut cancelled, &token, message).map_err(Error::into_io)?;
         Ok(BlockingWebSocket {
             scope,
             subprotocol,
             token,
             reader: Mutex::new(Reader {
                 receive,
-                cancelled,
                 failed: None,
             }),
-            writer: Mutex::new(Writer {
-                send,
-                cancelled: write_cancelled,
-            }),
+            writer: Mutex::new(Writer { send, cancelled }),
             closed: OnceLock::new(),
         })
     }
@@ -283,7 +271,6 @@ impl fmt::Debug for SyncWebSocketRequest {
 
 struct Reader {
     receive: Receiver,
-    cancelled: Option<Cancelled>,
     /// A failure, returned again by every later `recv`.
     failed: Option<(ErrorKind, String)>,
 }
@@ -313,7 +300,9 @@ struct Writer {
 ///   async caller dropped, the server gave up on it): `recv` and `send` fail with
 ///   `ConnectionAborted` ([`Error::from_io`] gives [`ErrorKind::Disconnected`]), and the
 ///   request's [`cancellation`](BlockingWebSocket::cancellation) token has flipped. Messages
-///   that arrived before are still delivered first.
+///   that arrived before are still delivered first. `send` fails as soon as the token has
+///   flipped; `recv` when the ends say the session is over (see
+///   [`SyncWebSocketRequest::new`]), so a close that is on its way is still seen as one.
 /// - The handler closes with [`close`](BlockingWebSocket::close); `recv` may still see the
 ///   client's answer.
 /// - The handler returns: the session ends (whoever runs the handler closes with 1000 if
@@ -376,10 +365,7 @@ impl BlockingWebSocket {
         if self.closed.get().is_some() {
             return Ok(None);
         }
-        let Reader {
-            receive, cancelled, ..
-        } = &mut *r;
-        let result = recv_blocking(receive, cancelled, &self.token).and_then(incoming);
+        let result = recv_blocking(&mut r.receive).and_then(incoming);
         let error = match result {
             Ok(Incoming::Data(data)) => return Ok(Some(data)),
             Ok(Incoming::Closed(frame)) => {
