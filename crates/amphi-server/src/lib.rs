@@ -49,6 +49,7 @@
 //! }
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod access;
 mod body;
@@ -71,3 +72,8 @@ pub use serve::{
     DEFAULT_MIN_BODY_RATE, DEFAULT_MIN_RESPONSE_RATE, DEFAULT_QUEUE_TIMEOUT,
     DEFAULT_RESPONSE_GRACE_PERIOD, DEFAULT_RESPONSE_STALL_TIMEOUT,
 };
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
