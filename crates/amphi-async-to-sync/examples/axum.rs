@@ -2,7 +2,7 @@
 //! `spawn_blocking` tasks of axum handlers) calling the app's async code.
 //!
 //! ```sh
-//! cargo run -p amphi-async-to-sync --example axum
+//! cargo run -p amphi-async-to-sync --example async_to_sync_axum
 //! curl http://127.0.0.1:3000/invoice/1,2                            # total 350
 //! curl --data-binary $'3=120\n4=80' http://127.0.0.1:3000/prices    # imported 2
 //! curl http://127.0.0.1:3000/invoice-inline/1                       # 500: the mistake, refused

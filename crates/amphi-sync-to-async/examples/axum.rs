@@ -2,7 +2,7 @@
 //! (503 when it stays full), and a `!Send` resource on one thread-sensitive context.
 //!
 //! ```sh
-//! cargo run -p amphi-sync-to-async --example axum
+//! cargo run -p amphi-sync-to-async --example sync_to_async_axum
 //! curl http://127.0.0.1:3000/primes/100000   # 9592, counted on a blocking thread
 //! curl -X POST http://127.0.0.1:3000/visits   # visit 1 on amphi-thread-sensitive
 //! ```
