@@ -26,6 +26,7 @@
 //! Running handlers is the job of the other crates: `amphi-sync-to-async` and
 //! `amphi-async-to-sync` carry work across the boundary, `amphi-server` serves both kinds.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod asgi;
 mod cancel;
@@ -60,3 +61,8 @@ pub use sync::{
     SyncResponse,
 };
 pub use thread_sensitive::ThreadSensitive;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
