@@ -29,6 +29,7 @@
 //! }
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use amphi_core::*;
 

@@ -12,7 +12,7 @@
 //! baseline calls on the same thread, and only the candidate's blocks are timed. Besides
 //! criterion's own lines, each benchmark prints `ratio to baseline: X (median of N block
 //! pairs)`: the candidate's time over the baseline's for each pair of neighbouring blocks, the
-//! figure the README reports.
+//! figure docs/benchmarks.md reports.
 //!
 //! `cargo bench -p amphi-async-to-sync -- --warm-up-time 1 --measurement-time 3`
 #![allow(missing_docs)]

@@ -32,6 +32,7 @@
 //! Running handlers is the job of the other crates: `amphi-sync-to-async` and
 //! `amphi-async-to-sync` carry work across the boundary, `amphi-server` serves both kinds.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod asgi;
 mod cancel;
@@ -68,3 +69,8 @@ pub use sync::{
     SyncHandler, SyncRequest, SyncResponse, SyncWebSocketRequest,
 };
 pub use thread_sensitive::ThreadSensitive;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -49,6 +49,7 @@
 //! }
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod accept;
 mod access;
@@ -116,3 +117,8 @@ pub mod tower {
     pub use crate::mounted::{MountService, RequestBody};
     pub use crate::{ResponseBody, ResponseFuture};
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

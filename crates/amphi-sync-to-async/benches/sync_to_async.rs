@@ -9,7 +9,7 @@
 //! alternate with blocks of 32 baseline calls, and only the candidate's blocks are timed.
 //! Both see the same load. Besides criterion's own lines, each benchmark prints
 //! `ratio to baseline: X (median of N block pairs)`: the candidate's time over the baseline's
-//! for each pair of neighbouring blocks, the figure the README reports.
+//! for each pair of neighbouring blocks, the figure docs/benchmarks.md reports.
 //!
 //! `cargo bench -p amphi-sync-to-async -- --warm-up-time 1 --measurement-time 3`
 #![allow(missing_docs)]

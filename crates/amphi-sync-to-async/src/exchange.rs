@@ -26,7 +26,8 @@ pub(crate) const OUT_CAPACITY: usize = 4;
 /// condition variable. A body streaming in from a fast client is a few microseconds behind;
 /// sleeping for it costs a `futex` call on each side and a context switch. (The response side
 /// does not look: a connection's room for the next chunk comes at the client's pace, and
-/// looking for it against slow readers cost 2.5-3 × the CPU, measured, for no gain.)
+/// looking for it against slow readers was measured to cost several times the CPU for no gain;
+/// figures in docs/benchmarks.md.)
 const LOOK: Duration = Duration::from_micros(50);
 
 /// The most waits in a row that sleep without looking, once looks keep finding nothing.

@@ -24,9 +24,9 @@ pub(crate) type Job = Box<dyn FnOnce() + Send>;
 /// How long a drainer that found the queue empty keeps looking before it returns its thread.
 ///
 /// Every drainer looks, however many there are: capping the lookers at one per core was
-/// measured slower and costlier on a 2-core machine (GET /hello 0.8 × the requests; 10 ms
-/// sleeps 36 against 32 µs of CPU per request), since each piece a capped drainer missed cost
-/// a wake-up of a parked thread, which costs more than looking.
+/// measured slower and costlier on a 2-core machine (fewer requests and more CPU per request;
+/// figures in docs/benchmarks.md), since each piece a capped drainer missed cost a wake-up of
+/// a parked thread, which costs more than looking.
 const LOOK: Duration = Duration::from_micros(50);
 
 #[derive(Default)]

@@ -61,11 +61,11 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 /// after another: a thread that finished one of the pool's calls looks for the next for up to
 /// 50 µs (spinning, yielding its core to any runnable thread) before it returns to tokio.
 /// Under load a call is then taken by a thread already running instead of waking a parked
-/// one (a `futex` call and two context switches with plain `spawn_blocking`): on a 2-core
-/// machine that made a blocking `GET /hello` 1.15-1.7 × as fast as a hand-written
-/// `spawn_blocking` per request. A call never waits behind another call's long work: when more
-/// calls are queued than threads are looking, another thread starts. The cost is up to 50 µs
-/// of looking after the last call of a burst.
+/// one (a `futex` call and two context switches with plain `spawn_blocking`), which makes a
+/// server's blocking requests faster than a hand-written `spawn_blocking` per request (figures
+/// in the repository's `docs/benchmarks.md`). A call never waits behind another call's long
+/// work: when more calls are queued than threads are looking, another thread starts. The cost
+/// is up to 50 µs of looking after the last call of a burst.
 ///
 /// A thread that looks takes whichever of the pool's calls comes next, so a pool shared by
 /// two runtimes may run a call of one on a blocking thread of the other (where
