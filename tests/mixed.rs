@@ -458,3 +458,33 @@ fn the_binary_prints_help_to_stdout_and_rejects_bad_flags_with_exit_2() {
         }
     }
 }
+
+#[tokio::test]
+async fn ws_echoes_and_closes_on_request_under_both_mounts() {
+    use support::ws::{connect, WS_BOTH};
+    use tokio_tungstenite::tungstenite::Message as M;
+    let serving = start(&[]).await;
+    let addr = serving.local_addr().unwrap();
+    for proto in WS_BOTH {
+        for m in MOUNTS {
+            let what = format!("{m}/ws over {proto:?}");
+            let (mut ws, _) = connect(addr, proto, &format!("{m}/ws"), &[])
+                .await
+                .unwrap_or_else(|r| panic!("{what} refused: {r:?}"));
+            ws.send(M::text("hello")).await.unwrap();
+            assert_eq!(ws.recv().await, M::text("hello"), "{what}");
+            ws.send(M::binary(vec![7u8; 3])).await.unwrap();
+            assert_eq!(ws.recv().await, M::binary(vec![7u8; 3]), "{what}");
+            ws.send(M::text("close")).await.unwrap();
+            assert_eq!(ws.close_frame().await, Some((1000, "bye".into())), "{what}");
+            // Anything else under the mount is not a websocket.
+            let refused = connect(addr, proto, &format!("{m}/hello"), &[]).await.err();
+            assert_eq!(
+                refused.map(|r| r.status),
+                Some(StatusCode::FORBIDDEN),
+                "{what}"
+            );
+        }
+    }
+    serving.shutdown().await.unwrap();
+}

@@ -46,6 +46,9 @@ fn sync_app(seen: Seen) -> impl SyncHandler {
         if path.ends_with("/deny") {
             return req.deny();
         }
+        if path.ends_with("/login") {
+            return req.deny_with((http::StatusCode::UNAUTHORIZED, "log in first (sync)"));
+        }
         let accept = match req.subprotocols().contains(&"chat") {
             true => Accept::new().with_subprotocol("chat"),
             false => Accept::new(),
@@ -73,6 +76,11 @@ fn async_app() -> impl AsyncHandler {
         if req.scope().raw_path().ends_with("/deny") {
             return req.deny().await;
         }
+        if req.scope().raw_path().ends_with("/login") {
+            return req
+                .deny_with((http::StatusCode::UNAUTHORIZED, "log in first (async)"))
+                .await;
+        }
         let accept = match req.subprotocols().contains(&"chat") {
             true => Accept::new().with_subprotocol("chat"),
             false => Accept::new(),
@@ -89,12 +97,17 @@ fn async_app() -> impl AsyncHandler {
 }
 
 async fn start(seen: &Seen) -> Serving {
+    start_with(seen, 8).await
+}
+
+async fn start_with(seen: &Seen, blocking_threads: usize) -> Serving {
     init_tracing();
     let router = Router::new()
         .mount_sync("/sync", sync_app(seen.clone()))
         .mount_async("/async", async_app());
     Server::new(router)
-        .blocking_threads(8)
+        .blocking_threads(blocking_threads)
+        .queue_timeout(Duration::from_millis(100))
         .grace_period(Duration::from_secs(5))
         .bind("127.0.0.1:0")
         .await
@@ -142,6 +155,69 @@ async fn both_kinds_deny_with_403() {
             assert_eq!(refused.status, 403, "{mount} over {proto:?}");
         }
     }
+    serving.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn both_kinds_deny_with_a_response_of_their_own() {
+    let seen = Seen::default();
+    let serving = start(&seen).await;
+    let addr = serving.local_addr().unwrap();
+    for proto in WS_BOTH {
+        for (mount, kind) in [("/sync", "sync"), ("/async", "async")] {
+            let what = format!("{mount} over {proto:?}");
+            let refused = connect(addr, proto, &format!("{mount}/login"), &[])
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{what} accepted"));
+            assert_eq!(refused.status, 401, "{what}");
+            assert_eq!(refused.body, format!("log in first ({kind})"), "{what}");
+            assert_eq!(
+                refused.headers["content-type"], "text/plain; charset=utf-8",
+                "{what}"
+            );
+        }
+    }
+    eventually("every session ends", || serving.in_flight() == 0).await;
+    serving.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sync_websocket_on_a_full_pool_is_a_503() {
+    let seen = Seen::default();
+    let serving = start_with(&seen, 1).await;
+    let addr = serving.local_addr().unwrap();
+    // The one blocking slot: a socket held open by its sync handler.
+    let (mut held, _) = connect(addr, support::ws::WsProto::H1, "/sync/ws", &[])
+        .await
+        .expect("the first sync websocket");
+    held.send(M::text("hi")).await.unwrap();
+    assert_eq!(held.recv().await, M::text("hi"));
+    for proto in WS_BOTH {
+        let refused = connect(addr, proto, "/sync/ws", &[])
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a second sync websocket over {proto:?} was accepted"));
+        assert_eq!(refused.status, 503, "{proto:?}");
+        assert_eq!(refused.headers["retry-after"], "1");
+    }
+    // Async websockets need no slot.
+    let (mut other, _) = connect(addr, support::ws::WsProto::H2, "/async/ws", &[])
+        .await
+        .expect("an async websocket");
+    other.send(M::text("free")).await.unwrap();
+    assert_eq!(other.recv().await, M::text("free"));
+    assert_eq!(
+        serving.blocking_pool().in_flight(),
+        1,
+        "the socket holds its slot"
+    );
+    held.close(1000, "").await;
+    assert_eq!(held.close_frame().await.map(|c| c.0), Some(1000));
+    eventually("the slot comes back", || {
+        serving.blocking_pool().in_flight() == 0
+    })
+    .await;
     serving.shutdown().await.unwrap();
 }
 

@@ -135,7 +135,7 @@ pub(crate) struct Counters {
 /// The whole app: the sync app at `/sync`, the async app at `/async`, 404 elsewhere.
 pub(crate) fn router() -> Router {
     Router::new()
-        .mount_sync("/sync", sync_fn(sync_app))
+        .mount_sync("/sync", sync_fn(sync_app).websocket(sync_ws))
         .mount_async("/async", AsyncApp::new())
 }
 
@@ -292,6 +292,22 @@ fn sync_cancellable(req: &SyncRequest) -> SyncResponse {
     sync_text(StatusCode::OK, format!("worked {ms} ms"))
 }
 
+/// `/sync/ws`: a blocking websocket echo; the text `close` closes it with 1000. The socket
+/// holds a blocking slot for as long as it is open.
+fn sync_ws(req: SyncWebSocketRequest) -> std::io::Result<()> {
+    if req.scope().path() != "/ws" {
+        return req.deny();
+    }
+    let ws = req.accept()?;
+    for message in &ws {
+        match message? {
+            WebSocketData::Text(t) if t == "close" => return ws.close(1000, "bye"),
+            data => ws.send(data)?,
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The async app: the raw protocol, so the echo can answer 413 before it starts.
 
@@ -326,7 +342,10 @@ impl AsyncApp {
                 Box::pin(async_http(scope, receive, send, self.app_thread.clone()))
             }
             Scope::Lifespan(l) => Box::pin(async_lifespan(l, receive, send)),
-            // Websockets are not served: returning without accepting denies them.
+            Scope::WebSocket(scope) => {
+                Box::pin(async_ws(WebSocketRequest::new(scope, receive, send)))
+            }
+            // Scopes this app does not know: returning without answering.
             _ => Box::pin(async { Ok(()) }),
         }
     }
@@ -492,4 +511,19 @@ async fn async_echo(mut receive: Receiver, mut send: Sender) -> Result<(), Error
             _ => {}
         }
     }
+}
+
+/// `/async/ws`: a websocket echo; the text `close` closes it with 1000.
+async fn async_ws(req: WebSocketRequest) -> Result<(), Error> {
+    if req.scope().path() != "/ws" {
+        return req.deny().await;
+    }
+    let mut ws = req.accept().await?;
+    while let Some(data) = ws.recv().await? {
+        match data {
+            WebSocketData::Text(t) if t == "close" => return ws.close(1000, "bye").await,
+            data => ws.send(data).await?,
+        }
+    }
+    Ok(())
 }

@@ -159,7 +159,9 @@ impl ConnService {
             return ResponseFuture::ready(r, record);
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
-        let (parts, _body) = req.into_parts();
+        let (mut parts, _body) = req.into_parts();
+        // One method for the scope whatever carried the handshake (HTTP/2 uses CONNECT).
+        parts.method = http::Method::GET;
         let info = self.info(route);
         let scope = HttpScope::from_parts(parts, info, Context::new(), self.app.state.clone());
         let context = scope.context().clone();

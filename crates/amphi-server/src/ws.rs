@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
-use amphi_core::plumbing::{EventSource, MessageSink};
+use amphi_core::plumbing::{SharedEventSource, SharedMessageSink};
 use amphi_core::{Error, ErrorKind, Event, Message, WebSocketData};
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
@@ -39,7 +39,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::access::{AccessRecord, Outcome};
 use crate::driver::Driver;
 use crate::error::Chain;
-use crate::reply::{has, plain};
+use crate::reply::{error_response, has, length_mismatch, plain};
 
 /// The default of [`WebSocketLimits::max_open`].
 pub const DEFAULT_MAX_WEBSOCKETS: usize = 10_000;
@@ -291,6 +291,15 @@ enum Answer {
     },
     /// Closed before accepting: `403`.
     Refused,
+    /// Denied with the handler's own response (`websocket.http.response`), its body still
+    /// coming.
+    Denying {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Vec<Bytes>,
+    },
+    /// The denial response is complete.
+    Denied(Response<Bytes>),
     /// The handler returned (or failed) without answering.
     Gone(Option<Error>),
 }
@@ -360,12 +369,10 @@ impl State {
     }
 }
 
-/// The handler's `receive`.
-struct SessionSource(Arc<Session>);
-
-impl EventSource for SessionSource {
-    fn poll_event(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Event, Error>> {
-        let mut s = self.0.lock();
+/// The handler's `receive` reads the session.
+impl SharedEventSource for Session {
+    fn poll_event(&self, cx: &mut TaskContext<'_>) -> Poll<Result<Event, Error>> {
+        let mut s = self.lock();
         if !s.connected {
             s.connected = true;
             return Poll::Ready(Ok(Event::WebSocketConnect));
@@ -386,26 +393,25 @@ impl EventSource for SessionSource {
     }
 }
 
-/// The handler's `send` (the `Sender` has checked the order of messages already).
-struct SessionSink(Arc<Session>);
-
-impl MessageSink for SessionSink {
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
-        let mut s = self.0.lock();
+/// The handler's `send` writes into the session (the `Sender` has checked the order of
+/// messages already).
+impl SharedMessageSink for Session {
+    fn poll_ready(&self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        let mut s = self.lock();
         if s.closed.is_some() {
             return Poll::Ready(Err(
                 Error::new(ErrorKind::Disconnected).with_message("the websocket is closed")
             ));
         }
-        if s.outbound.len() >= self.0.queue {
+        if s.outbound.len() >= self.queue {
             s.task_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
         Poll::Ready(Ok(()))
     }
 
-    fn start_send(&mut self, message: Message) -> Result<(), Error> {
-        let mut s = self.0.lock();
+    fn start_send(&self, message: Message) -> Result<(), Error> {
+        let mut s = self.lock();
         let accepted = matches!(s.answer, Answer::Accept { .. });
         match message {
             Message::WebSocketAccept {
@@ -427,6 +433,46 @@ impl MessageSink for SessionSink {
             Message::WebSocketSend(data) => {
                 s.outbound.push_back(Out::Data(data));
                 s.wake_task();
+            }
+            Message::WebSocketResponseStart { status, headers } => {
+                s.answer = Answer::Denying {
+                    status,
+                    headers,
+                    body: Vec::new(),
+                };
+            }
+            Message::WebSocketResponseBody { body, more_body } => {
+                let Answer::Denying {
+                    status,
+                    headers,
+                    body: mut pieces,
+                } = std::mem::replace(&mut s.answer, Answer::Pending)
+                else {
+                    return Err(Error::protocol(
+                        "websocket.http.response.body without a start",
+                    ));
+                };
+                if !body.is_empty() {
+                    pieces.push(body);
+                }
+                if more_body {
+                    s.answer = Answer::Denying {
+                        status,
+                        headers,
+                        body: pieces,
+                    };
+                } else {
+                    let body = match pieces.len() {
+                        0 => Bytes::new(),
+                        1 => pieces.pop().expect("one piece"),
+                        _ => Bytes::from(pieces.concat()),
+                    };
+                    let mut response = Response::new(body);
+                    *response.status_mut() = status;
+                    *response.headers_mut() = headers;
+                    s.closed = Some((1000, String::new()));
+                    s.answered(Answer::Denied(response));
+                }
             }
             other => {
                 return Err(Error::protocol(format!(
@@ -491,20 +537,32 @@ impl Handshaking {
                 return Poll::Ready((response, None));
             }
             Answer::Refused => plain(StatusCode::FORBIDDEN, "websocket refused\n"),
+            denying @ Answer::Denying { .. } => {
+                s.answer = denying;
+                s.answer_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            Answer::Denied(response) => {
+                if length_mismatch(
+                    response.status(),
+                    response.headers(),
+                    response.body().len() as u64,
+                ) {
+                    tracing::error!("protocol misuse: a websocket denial's content-length does not match its body");
+                    plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
+                } else {
+                    response
+                }
+            }
             Answer::Gone(None) => {
                 tracing::error!(
                     "protocol misuse: websocket handler returned without accepting or closing"
                 );
                 plain(StatusCode::FORBIDDEN, "websocket refused\n")
             }
-            Answer::Gone(Some(e)) => {
-                if e.is_panic() {
-                    tracing::error!(error = %Chain(&e), "websocket handler panicked before it answered the handshake");
-                } else {
-                    tracing::error!(error = %Chain(&e), "websocket handler failed before it answered the handshake");
-                }
-                plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
-            }
+            // Saturated (a sync handler's pool was full) is a 503, a panic a 500, ...: as for
+            // an http request that failed before its response started.
+            Answer::Gone(Some(e)) => error_response(&e, false, false),
         };
         Poll::Ready((response, self.record.take()))
     }
@@ -579,11 +637,11 @@ pub(crate) fn start(
     }
 }
 
-/// The `receive` and `send` of a session's handler.
+/// The `receive` and `send` of a session's handler: both are the session itself.
 pub(crate) fn ends(session: &Arc<Session>) -> (amphi_core::Receiver, amphi_core::Sender) {
     (
-        amphi_core::Receiver::new(SessionSource(session.clone())),
-        amphi_core::Sender::websocket(SessionSink(session.clone())),
+        amphi_core::Receiver::shared(session.clone()),
+        amphi_core::Sender::shared_websocket(session.clone()),
     )
 }
 
@@ -706,9 +764,21 @@ fn closed(session: &Session, code: u16) {
 /// (1000 when it returned `Ok`, 1011 when it failed).
 fn handler_returned(session: &Session, result: Result<(), Error>, accepted: bool) {
     let mut s = session.lock();
-    if !accepted && matches!(s.answer, Answer::Pending) {
-        s.answered(Answer::Gone(result.err()));
-        return;
+    if !accepted {
+        match s.answer {
+            Answer::Pending => {
+                s.answered(Answer::Gone(result.err()));
+                return;
+            }
+            Answer::Denying { .. } => {
+                let e = result.err().unwrap_or_else(|| {
+                    Error::protocol("websocket handler returned before finishing its denial")
+                });
+                s.answered(Answer::Gone(Some(e)));
+                return;
+            }
+            _ => {}
+        }
     }
     let (code, reason) = match result {
         Ok(()) => (1000, String::new()),
