@@ -330,3 +330,33 @@ async fn the_mixed_example_drains_and_exits_0_on_sigterm() {
     assert!(log.contains("shut down"), "{log}");
     assert!(!log.contains("outcome=\"cut"), "{log}");
 }
+
+/// A client whose connection was accepted just before the drain, and whose request arrives just
+/// after it started, is served (a connection closed before its first request would be a failed
+/// request for it; nothing on the wire told it the server was going).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_just_before_the_drain_gets_its_first_request_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let seen = Seen::default();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let server = Server::new(router(&seen, tx)).grace_period(Duration::from_secs(10));
+    let serving = within("binding", server.bind("127.0.0.1:0")).await.unwrap();
+    let addr = serving.local_addr().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Accepted: the server counts the connection (one request proves the accept loop ran).
+    assert_eq!(get(addr, Proto::H1, "/a/shut/x").await.status, StatusCode::OK);
+    let stopping = tokio::spawn(serving.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream
+        .write_all(b"GET /a/shut/late HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    within("the late request's answer", stream.read_to_end(&mut out))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("worked async"), "{text}");
+    within("the shutdown", stopping).await.unwrap().unwrap();
+}

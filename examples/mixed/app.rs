@@ -31,6 +31,10 @@ pub(crate) struct Options {
     pub(crate) header_timeout: Duration,
     /// `--grace-ms MS`
     pub(crate) grace: Duration,
+    /// `--workers N` and the recycling flags; `None` serves in this process.
+    pub(crate) workers: Option<amphi::server::Workers>,
+    /// `--fail-startup` (hidden, for tests): the async app's lifespan startup fails.
+    pub(crate) fail_startup: bool,
 }
 
 /// The command line, as clap reads it: durations in whole milliseconds, each default from the
@@ -42,7 +46,9 @@ pub(crate) struct Options {
     after_help = "Logs go to stderr (RUST_LOG sets the filter; the access log is the amphi::access \
                   target). SIGINT or SIGTERM drains in-flight requests and exits 0.",
     override_usage = "mixed [--bind ADDR] [--blocking-threads N] [--queue-timeout-ms MS] \
-                      [--max-body BYTES] [--header-timeout-ms MS] [--grace-ms MS]"
+                      [--max-body BYTES] [--header-timeout-ms MS] [--grace-ms MS] [--workers N] \
+                      [--max-requests N] [--max-requests-jitter N] [--max-lifetime-secs SECS] \
+                      [--max-rss-mb MB] [--heartbeat-timeout-ms MS]"
 )]
 struct Flags {
     /// The address to listen on (port 0: any free port; the chosen one is printed)
@@ -68,6 +74,27 @@ struct Flags {
     /// How long in-flight requests may run after SIGINT or SIGTERM before they are cut
     #[arg(long, value_name = "MS", default_value_t = millis(amphi::server::DEFAULT_GRACE_PERIOD))]
     grace_ms: u64,
+    /// Worker processes sharing the port under a supervisor (0: serve in this process)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
+    /// With --workers: recycle a worker after this many requests (0: never)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_requests: u64,
+    /// With --workers: up to this many more requests per worker, at random, before its recycle
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_requests_jitter: u64,
+    /// With --workers: recycle a worker after it lived this long (0: never)
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    max_lifetime_secs: u64,
+    /// With --workers: recycle a worker whose resident memory passes this (0: never)
+    #[arg(long, value_name = "MB", default_value_t = 0)]
+    max_rss_mb: u64,
+    /// With --workers: kill and replace a worker whose heartbeat stops for this long
+    #[arg(long, value_name = "MS", default_value_t = millis(amphi::server::DEFAULT_HEARTBEAT_TIMEOUT))]
+    heartbeat_timeout_ms: u64,
+    /// Make the async app's lifespan startup fail (for tests)
+    #[arg(long, hide = true)]
+    fail_startup: bool,
 }
 
 fn at_least_one(value: &str) -> Result<usize, String> {
@@ -108,19 +135,45 @@ impl Options {
             max_body: flags.max_body,
             header_timeout: Duration::from_millis(flags.header_timeout_ms),
             grace: Duration::from_millis(flags.grace_ms),
+            workers: (flags.workers > 0).then(|| {
+                let mut w = amphi::server::Workers::new(flags.workers)
+                    .max_requests(flags.max_requests, flags.max_requests_jitter)
+                    .heartbeat_timeout(Duration::from_millis(flags.heartbeat_timeout_ms));
+                if flags.max_lifetime_secs > 0 {
+                    w = w.max_lifetime(Duration::from_secs(flags.max_lifetime_secs));
+                }
+                if flags.max_rss_mb > 0 {
+                    w = w.max_rss_bytes(flags.max_rss_mb * 1024 * 1024);
+                }
+                w
+            }),
+            fail_startup: flags.fail_startup,
         })
     }
 
     /// The server these options describe, serving [`router`].
     pub(crate) fn server(&self) -> Server {
-        Server::new(router())
+        let state = State::new();
+        if self.fail_startup {
+            state.insert(FailStartup);
+        }
+        let server = Server::new(router())
+            .state(state)
             .blocking_threads(self.blocking_threads)
             .queue_timeout(self.queue_timeout)
             .max_body_bytes(self.max_body)
             .header_read_timeout(Some(self.header_timeout))
-            .grace_period(self.grace)
+            .grace_period(self.grace);
+        match &self.workers {
+            Some(w) => server.workers(w.clone()),
+            None => server,
+        }
     }
 }
+
+/// In the app state when the async app's lifespan startup is to fail (`--fail-startup`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FailStartup;
 
 /// The app's counters, created by the async app's lifespan startup and shared through the
 /// lifespan state with both apps.
@@ -171,6 +224,8 @@ fn info_json(scope: &HttpScope) -> Bytes {
         "client": scope.client().map(|a| a.to_string()),
         "server": scope.server().map(|a| a.to_string()),
         "headers": headers,
+        // Which process served it: workers (`--workers N`) each have their own.
+        "pid": std::process::id(),
     });
     Bytes::from(value.to_string())
 }
@@ -380,6 +435,10 @@ async fn async_lifespan(
     loop {
         match receive.receive().await? {
             Event::Startup => {
+                if scope.state().get::<FailStartup>().is_some() {
+                    let message = "the async app was asked to fail its startup".to_owned();
+                    return send.send(Message::StartupFailed { message }).await;
+                }
                 scope.state().insert(Arc::new(Counters::default()));
                 send.send(Message::StartupComplete).await?;
             }

@@ -37,7 +37,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let serving = opts.server().bind(opts.bind.as_str()).await?;
         let addr = serving.local_addr().expect("a TCP listener has an address");
-        println!("listening on http://{addr}");
+        // Workers (`--workers N`) run this same main; only the supervisor says where it listens.
+        if !amphi::server::is_worker() {
+            println!("listening on http://{addr}");
+        }
         serving.run_until(amphi::server::shutdown_signal()).await
     });
     // Blocking handlers cannot be aborted: give those that ignore cancellation the grace

@@ -30,6 +30,8 @@ use crate::ServeError;
 
 /// A server whose lifespan startup has run, ready to serve a listener.
 pub(crate) struct Prepared {
+    /// The span connections run in (a worker's).
+    pub(crate) log_span: Option<tracing::Span>,
     pub(crate) app: Arc<App>,
     pub(crate) pool: BlockingPool,
     pub(crate) lifespans: Lifespans,
@@ -62,6 +64,7 @@ async fn run<L: Listen>(
     token: CancellationToken,
 ) -> Result<(), ServeError> {
     let Prepared {
+        log_span,
         app,
         pool: _,
         lifespans,
@@ -114,10 +117,14 @@ async fn run<L: Listen>(
             DrainWatch::new(drain.clone()),
             settings.header_read_timeout,
         );
-        conns.spawn(async move {
+        let task = async move {
             let _permit = permit;
             served.await;
-        });
+        };
+        match &log_span {
+            Some(span) => conns.spawn(tracing::Instrument::instrument(task, span.clone())),
+            None => conns.spawn(task),
+        };
     }
     drop(listener);
     tracing::info!(
@@ -148,6 +155,11 @@ async fn run<L: Listen>(
     Ok(())
 }
 
+/// How long a connection accepted just before the drain started may take to send its first
+/// request: a client that connected and is sending gets its answer instead of a closed
+/// connection (HTTP/1.1) or a refused stream (HTTP/2).
+const FIRST_REQUEST_AT_DRAIN: Duration = Duration::from_secs(1);
+
 /// Serves one accepted connection until it ends, or until its response-rate watchdog or its
 /// header-read deadline cuts it; once `drain` says so, the connection finishes its requests
 /// and closes.
@@ -175,16 +187,35 @@ where
         // Polled after the connection, so they see what the connection just did: returning
         // drops the connection, which cuts it.
         let mut watchdog = Watchdog::new(watch);
+        let fresh = state.clone();
         let mut deadline = head_timeout.map(|t| HeadDeadline::new(state, t));
         let timer = tokio::time::sleep(head_timeout.unwrap_or(Duration::MAX));
         tokio::pin!(timer);
+        // A connection told to drain before its first request arrived: it is given a moment
+        // for that request (whose bytes may be on their way already), which it then serves.
+        let mut first_request: Option<Pin<Box<tokio::time::Sleep>>> = None;
         std::future::poll_fn(|cx| {
             if drain.poll_started(cx) {
-                conn.as_mut().graceful_shutdown();
+                if fresh.is_fresh() {
+                    first_request = Some(Box::pin(tokio::time::sleep(FIRST_REQUEST_AT_DRAIN)));
+                } else {
+                    conn.as_mut().graceful_shutdown();
+                }
             }
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 log_connection_end(result);
                 return Poll::Ready(());
+            }
+            if let Some(wait) = &mut first_request {
+                // Checked after the connection's poll, which is where a request arrives.
+                if !fresh.is_fresh() || wait.as_mut().poll(cx).is_ready() {
+                    first_request = None;
+                    conn.as_mut().graceful_shutdown();
+                    if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                        log_connection_end(result);
+                        return Poll::Ready(());
+                    }
+                }
             }
             if Pin::new(&mut watchdog).poll(cx).is_ready() {
                 return Poll::Ready(());

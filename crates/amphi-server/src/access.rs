@@ -98,6 +98,7 @@ impl Drop for AccessRecord {
             return;
         };
         conn.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        conn.counters.served.fetch_add(1, Ordering::Relaxed);
         // One clock read for both the connection's idle time and the log line.
         let now = Instant::now();
         conn.request_ended(now);

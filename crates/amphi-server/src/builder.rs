@@ -124,6 +124,9 @@ pub struct Server {
     max_connections: usize,
     grace_period: Duration,
     websockets: WebSocketLimits,
+    workers: Option<crate::workers::Workers>,
+    /// The span a worker's connections run in, so its logs say which worker served.
+    log_span: Option<tracing::Span>,
 }
 
 impl fmt::Debug for Server {
@@ -141,6 +144,7 @@ impl fmt::Debug for Server {
             .field("max_connections", &self.max_connections)
             .field("grace_period", &self.grace_period)
             .field("websockets", &self.websockets)
+            .field("workers", &self.workers)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +174,8 @@ impl Server {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             grace_period: DEFAULT_GRACE_PERIOD,
             websockets: WebSocketLimits::default(),
+            workers: None,
+            log_span: None,
         }
     }
 
@@ -345,6 +351,30 @@ impl Server {
         self
     }
 
+    /// Serves with worker processes under a supervisor (see [`Workers`](crate::Workers)): the
+    /// process that calls [`bind`](Server::bind) binds the address, starts the workers (its
+    /// own binary re-executed with the same arguments; each builds this same server and, in
+    /// it, `bind` serves the socket the supervisor passed instead of binding), and supervises
+    /// them until shutdown. The supervisor builds the router but never serves it, and runs no
+    /// lifespan: each worker does. Only [`bind`](Server::bind) (TCP) supervises; other entry
+    /// points serve in this process as before.
+    #[must_use]
+    pub fn workers(mut self, workers: crate::workers::Workers) -> Server {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// The span every connection runs in.
+    pub(crate) fn log_span(mut self, span: tracing::Span) -> Server {
+        self.log_span = Some(span);
+        self
+    }
+
+    /// The grace period, for the supervisor.
+    pub(crate) fn grace(&self) -> Duration {
+        self.grace_period
+    }
+
     /// How long in-flight requests may run after shutdown starts before their connections
     /// are cut. Default [`DEFAULT_GRACE_PERIOD`] (30 s).
     #[must_use]
@@ -361,6 +391,22 @@ impl Server {
     /// listens), [`ServeError::is_bind`] when the address cannot be bound,
     /// [`ServeError::is_routes`] for an invalid router.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<Serving, ServeError> {
+        if let Some(workers) = self.workers.clone() {
+            if let Some(env) = crate::workers::worker_env() {
+                return crate::workers::serve_worker(self, env).await;
+            }
+            let addr = tokio::net::lookup_host(addr)
+                .await
+                .map_err(|e| ServeError::bind("resolving the address", e))?
+                .next()
+                .ok_or_else(|| {
+                    ServeError::bind(
+                        "resolving the address",
+                        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"),
+                    )
+                })?;
+            return crate::workers::supervise(self, addr, workers).await;
+        }
         let prepared = self.prepare().await?;
         match listen_tcp(addr).await {
             Ok(listener) => Ok(prepared.spawn(listener)),
@@ -402,7 +448,7 @@ impl Server {
     }
 
     /// The app: the routes compiled against the pool, with the request limits.
-    fn app(&self) -> Result<(Arc<App>, BlockingPool), ServeError> {
+    pub(crate) fn app(&self) -> Result<(Arc<App>, BlockingPool), ServeError> {
         let pool = self.pool.clone().unwrap_or_else(|| {
             BlockingPool::new(self.blocking_threads).queue_timeout(self.queue_timeout)
         });
@@ -439,6 +485,7 @@ impl Server {
         let lifespan_timeout = self.grace_period.max(Duration::from_secs(1));
         let lifespans = Lifespans::startup(handlers, &self.state, lifespan_timeout).await?;
         Ok(Prepared {
+            log_span: self.log_span.clone(),
             app,
             pool,
             lifespans,

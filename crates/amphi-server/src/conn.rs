@@ -16,6 +16,8 @@ use crate::response_rate::ResponseRate;
 pub(crate) struct Counters {
     /// Requests whose access record is alive.
     pub(crate) in_flight: AtomicUsize,
+    /// Requests whose access record has ended (next to `in_flight`: the same cache line).
+    pub(crate) served: std::sync::atomic::AtomicU64,
     /// Set when the grace period is over and the remaining connections are being cut.
     pub(crate) cutting: AtomicBool,
 }
@@ -62,6 +64,12 @@ impl ConnState {
             Ordering::Release,
         );
         self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether no request has arrived on the connection yet.
+    pub(crate) fn is_fresh(&self) -> bool {
+        // `idle_since` stays 0 until a request ends; `active` counts those in progress.
+        self.active.load(Ordering::Acquire) == 0 && self.idle_since.load(Ordering::Acquire) == 0
     }
 
     /// When the connection's next head is due, or `None` while a request is in progress.

@@ -67,6 +67,11 @@ impl ServeError {
         }
     }
 
+    /// What went wrong, without the kind's prefix.
+    pub(crate) fn detail(&self) -> &str {
+        &self.message
+    }
+
     /// The listening socket could not be opened (address in use, permission denied, ...).
     pub fn is_bind(&self) -> bool {
         matches!(self.kind, Kind::Bind)

@@ -75,6 +75,7 @@ mod response_rate;
 mod router;
 mod service;
 mod serving;
+mod workers;
 mod ws;
 
 pub use body::ResponseBody;
@@ -89,6 +90,7 @@ pub use error::ServeError;
 pub use response::ResponseFuture;
 pub use router::Router;
 pub use serving::{shutdown_signal, Serving, ShutdownHandle};
+pub use workers::{is_worker, Workers, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_READY_TIMEOUT};
 pub use ws::{
     WebSocketLimits, DEFAULT_MAX_WEBSOCKETS, DEFAULT_MAX_WEBSOCKET_MESSAGE, DEFAULT_WEBSOCKET_PING,
     DEFAULT_WEBSOCKET_QUEUE,

@@ -105,6 +105,11 @@ impl Serving {
         &self.pool
     }
 
+    /// The server's request counters.
+    pub(crate) fn counters(&self) -> Arc<crate::conn::Counters> {
+        self.app.counters.clone()
+    }
+
     /// Requests being served right now.
     pub fn in_flight(&self) -> usize {
         self.app.counters.in_flight.load(Ordering::Relaxed)
