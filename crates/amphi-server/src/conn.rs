@@ -18,6 +18,8 @@ pub(crate) struct Counters {
     pub(crate) in_flight: AtomicUsize,
     /// Set when the grace period is over and the remaining connections are being cut.
     pub(crate) cutting: AtomicBool,
+    /// Set when shutdown starts, before the drain delay: health answers `503`.
+    pub(crate) draining: AtomicBool,
 }
 
 /// What one connection's requests and its task share.

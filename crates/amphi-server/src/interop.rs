@@ -79,6 +79,7 @@ where
                 server: peer.server,
                 conn: None,
                 watch: None,
+                origin: peer.origin,
             },
             None => ConnService {
                 app: self.app.clone(),
@@ -86,6 +87,7 @@ where
                 server: None,
                 conn: Some(self.conn.clone()),
                 watch: None,
+                origin: None,
             },
         };
         let req = req.map(|b| Incoming::Boxed(b.map_err(Into::into).boxed_unsync()));

@@ -60,6 +60,7 @@ mod drain;
 mod driver;
 mod error;
 mod exchange;
+mod health;
 mod idle;
 mod incoming;
 #[cfg(feature = "tower")]
@@ -68,23 +69,30 @@ mod lifespan;
 mod listener;
 #[cfg(feature = "tower")]
 mod mounted;
+mod origin;
+mod proxy;
 mod reply;
 mod response;
 mod response_rate;
 mod router;
 mod service;
 mod serving;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod ws;
 
 pub use body::ResponseBody;
 pub use builder::{
-    Server, DEFAULT_BLOCKING_THREADS, DEFAULT_BODY_GRACE_PERIOD, DEFAULT_GRACE_PERIOD,
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MIN_BODY_RATE,
+    Server, DEFAULT_BLOCKING_THREADS, DEFAULT_BODY_GRACE_PERIOD, DEFAULT_DRAIN_DELAY,
+    DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MIN_BODY_RATE,
     DEFAULT_MIN_RESPONSE_RATE, DEFAULT_QUEUE_TIMEOUT, DEFAULT_RESPONSE_GRACE_PERIOD,
     DEFAULT_RESPONSE_STALL_TIMEOUT,
 };
 pub use error::ServeError;
+pub use health::{Health, ServerStatus};
+pub use listener::Listener;
+pub use proxy::{ParseProxiesError, TrustedProxies};
 pub use response::ResponseFuture;
 pub use router::Router;
 pub use serving::{shutdown_signal, Serving, ShutdownHandle};

@@ -17,6 +17,7 @@ use crate::conn::ConnState;
 use crate::driver::Driver;
 use crate::exchange::{Exchange, IncomingSource};
 use crate::incoming::Incoming;
+use crate::origin::Origin;
 use crate::reply::{has, plain, too_large};
 use crate::response::{Driving, ResponseFuture, SyncCalling};
 use crate::response_rate::{ConnWatch, DrainClock};
@@ -33,6 +34,9 @@ pub(crate) struct ConnService {
     pub(crate) conn: Option<Arc<ConnState>>,
     /// The connection's streamed responses, watched for the minimum response rate.
     pub(crate) watch: Option<Arc<ConnWatch>>,
+    /// What the connection adds to each request (TLS, a trusted proxy's headers, the
+    /// external prefix); `None` for plain HTTP from an untrusted peer without a prefix.
+    pub(crate) origin: Option<Arc<Origin>>,
 }
 
 impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnService {
@@ -89,8 +93,8 @@ impl ConnService {
         }
         // HTTP/2 streams run on tasks of their own, away from the connection's watchdog.
         let cross_task = req.version() == http::Version::HTTP_2;
-        let (parts, body) = req.into_parts();
-        let info = self.info(route);
+        let (mut parts, body) = req.into_parts();
+        let info = self.info(route, &mut parts, !is_service);
         let drain = self
             .watch
             .as_ref()
@@ -159,8 +163,8 @@ impl ConnService {
             return ResponseFuture::ready(r, record);
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
-        let (parts, _body) = req.into_parts();
-        let info = self.info(route);
+        let (mut parts, _body) = req.into_parts();
+        let info = self.info(route, &mut parts, true);
         let scope = HttpScope::from_parts(parts, info, Context::new(), self.app.state.clone());
         let context = scope.context().clone();
         let handshaking = ws::start(
@@ -178,13 +182,23 @@ impl ConnService {
         ResponseFuture::handshake(handshaking)
     }
 
-    /// What the server knows of a request beyond its head.
-    fn info(&self, route: &crate::app::Route) -> RequestInfo {
-        RequestInfo::new()
+    /// What the server knows of a request beyond its head; with the connection's
+    /// [`Origin`], also what it changes in the head (see [`Origin::apply`]).
+    fn info(
+        &self,
+        route: &crate::app::Route,
+        parts: &mut http::request::Parts,
+        prefix_path: bool,
+    ) -> RequestInfo {
+        let info = RequestInfo::new()
             .with_scheme(Scheme::HTTP)
             .with_client(self.client)
             .with_server(self.server)
-            .with_root_path(route.prefix.clone())
+            .with_root_path(route.prefix.clone());
+        match &self.origin {
+            None => info,
+            Some(origin) => origin.apply(info, parts, prefix_path),
+        }
     }
 }
 
@@ -206,8 +220,13 @@ pub(crate) fn declared_length<B>(req: &Request<B>) -> Option<u64> {
 #[cfg(feature = "tower")]
 #[derive(Clone)]
 pub(crate) struct Peer {
+    /// The client as the outer request resolved it (a trusted proxy's headers applied).
     pub(crate) client: Option<SocketAddr>,
     pub(crate) server: Option<SocketAddr>,
+    /// What the inner router's requests still need from the connection: the scheme and the
+    /// external prefix (the proxy headers are applied, the client's certificate is in the
+    /// extensions already).
+    pub(crate) origin: Option<Arc<Origin>>,
 }
 
 #[cfg(feature = "tower")]
@@ -235,9 +254,17 @@ impl ConnService {
             parts.extensions.insert(context.clone());
             parts.extensions.insert(self.app.state.clone());
         } else {
+            let https = *info.scheme() == Scheme::HTTPS;
+            let prefix = self.origin.as_ref().and_then(|o| o.prefix.clone());
             parts.extensions.insert(Peer {
-                client: self.client,
+                client: info.client(),
                 server: self.server,
+                origin: Origin {
+                    https,
+                    prefix,
+                    ..Origin::default()
+                }
+                .shared(),
             });
         }
         let body = crate::mounted::RequestBody::new(body, self.app.max_body, self.app.body_rate);
