@@ -252,6 +252,7 @@ fn info_json(scope: &HttpScope) -> Bytes {
         "method": scope.method().as_str(),
         "path": scope.path(),
         "root_path": scope.root_path(),
+        "raw_path": scope.raw_path(),
         "query_string": scope.query_string(),
         "http_version": scope.http_version(),
         "scheme": scope.scheme(),
@@ -267,6 +268,7 @@ fn info_json(scope: &HttpScope) -> Bytes {
             .map(|c| c.leaf().len()),
         "server": scope.server().map(|a| a.to_string()),
         "headers": headers,
+        "pid": std::process::id(),
     });
     Bytes::from(value.to_string())
 }
