@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
 
-use crate::proxy::{self, TrustedProxies};
+use crate::proxy::{self, Forwarded, TrustedProxies};
 
 /// The extras of one connection (shared by every connection with the same ones).
 #[derive(Debug, Clone, Default)]
@@ -37,8 +37,14 @@ impl Origin {
         (!empty).then(|| Arc::new(self))
     }
 
+    /// What the proxy headers of a request say, when the connection is a trusted proxy's.
+    pub(crate) fn forwarded(&self, headers: &http::HeaderMap) -> Option<Forwarded> {
+        let proxies = self.proxies.as_ref()?;
+        Some(proxy::read(headers, proxies))
+    }
+
     /// Completes `info` (the connection's addresses and the route's mount) and the request:
-    /// the scheme, what a trusted proxy says (client, scheme, host: the `Host` header and
+    /// the scheme, what a trusted proxy says (`forwarded`, from [`Origin::forwarded`]: client, scheme, host: the `Host` header and
     /// an absolute URI's authority are set to the forwarded host), the external prefix
     /// (before the root path and, when `prefix_path`, before the URI's path, so that
     /// `root_path + path` stays the path the client asked the proxy for) and the client's
@@ -49,13 +55,13 @@ impl Origin {
         mut info: RequestInfo,
         parts: &mut Parts,
         prefix_path: bool,
+        forwarded: Option<Forwarded>,
     ) -> RequestInfo {
         if self.https {
             info = info.with_scheme(Scheme::HTTPS);
         }
         let mut authority = None;
-        if let Some(proxies) = &self.proxies {
-            let forwarded = proxy::read(&parts.headers, proxies);
+        if let Some(forwarded) = forwarded {
             if let Some(client) = forwarded.client {
                 info = info.with_client(client);
             }
@@ -133,7 +139,13 @@ mod tests {
             ],
         );
         let peer = "127.0.0.1:5555".parse().unwrap();
-        let info = origin.apply(RequestInfo::new().with_client(Some(peer)), &mut p, true);
+        let forwarded = origin.forwarded(&p.headers);
+        let info = origin.apply(
+            RequestInfo::new().with_client(Some(peer)),
+            &mut p,
+            true,
+            forwarded,
+        );
         assert_eq!(info.client(), Some("203.0.113.9:0".parse().unwrap()));
         assert_eq!(info.scheme(), &Scheme::HTTPS);
         assert_eq!(p.headers[HOST], "example.com");
@@ -147,14 +159,25 @@ mod tests {
             ..Origin::default()
         };
         let mut p = parts("/sync/hello?x=1", &[]);
-        let info = origin.apply(RequestInfo::new().with_root_path("/sync"), &mut p, true);
+        assert_eq!(origin.forwarded(&p.headers), None);
+        let info = origin.apply(
+            RequestInfo::new().with_root_path("/sync"),
+            &mut p,
+            true,
+            None,
+        );
         assert_eq!(info.root_path(), "/ext/sync");
         assert_eq!(p.uri.path(), "/ext/sync/hello");
         assert_eq!(p.uri.query(), Some("x=1"));
         assert_eq!(info.path_below(p.uri.path()), "/hello");
         // A tower service keeps its path.
         let mut p = parts("/svc/x", &[]);
-        let info = origin.apply(RequestInfo::new().with_root_path("/svc"), &mut p, false);
+        let info = origin.apply(
+            RequestInfo::new().with_root_path("/svc"),
+            &mut p,
+            false,
+            None,
+        );
         assert_eq!((info.root_path(), p.uri.path()), ("/ext/svc", "/svc/x"));
     }
 }

@@ -18,6 +18,7 @@ use crate::driver::Driver;
 use crate::exchange::{Exchange, IncomingSource};
 use crate::incoming::Incoming;
 use crate::origin::Origin;
+use crate::proxy::Forwarded;
 use crate::reply::{has, plain, too_large};
 use crate::response::{Driving, ResponseFuture, SyncCalling};
 use crate::response_rate::{ConnWatch, DrainClock};
@@ -63,8 +64,20 @@ impl ConnService {
             None => HandlerKind::None,
         };
         let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
+        // What a trusted proxy says, read once for the access log and the scope.
+        let forwarded = match &self.origin {
+            None => None,
+            Some(origin) => origin.forwarded(req.headers()),
+        };
+        let client = match &forwarded {
+            Some(Forwarded {
+                client: Some(client),
+                ..
+            }) => *client,
+            _ => self.client,
+        };
         let record = match &self.conn {
-            Some(conn) => AccessRecord::new(conn.clone(), method, uri, version, kind),
+            Some(conn) => AccessRecord::new(conn.clone(), method, uri, version, kind, client),
             None => AccessRecord::silent(method, uri, version, kind),
         };
         let Some(route) = route.filter(|r| !r.is_not_found()) else {
@@ -84,7 +97,7 @@ impl ConnService {
                         record,
                     );
                 }
-                kind => return self.websocket(route, kind, req, record),
+                kind => return self.websocket(route, kind, req, record, forwarded),
             }
         }
         let declared = declared_length(&req);
@@ -94,7 +107,7 @@ impl ConnService {
         // HTTP/2 streams run on tasks of their own, away from the connection's watchdog.
         let cross_task = req.version() == http::Version::HTTP_2;
         let (mut parts, body) = req.into_parts();
-        let info = self.info(route, &mut parts, !is_service);
+        let info = self.info(route, &mut parts, !is_service, forwarded);
         let drain = self
             .watch
             .as_ref()
@@ -146,6 +159,7 @@ impl ConnService {
         kind: ws::Handshake,
         mut req: Request<Incoming>,
         record: AccessRecord,
+        forwarded: Option<Forwarded>,
     ) -> ResponseFuture {
         let Some(handler) = route.target.clone() else {
             unreachable!("a route that is not a 404 or a service has a handler")
@@ -164,7 +178,7 @@ impl ConnService {
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, _body) = req.into_parts();
-        let info = self.info(route, &mut parts, true);
+        let info = self.info(route, &mut parts, true, forwarded);
         let scope = HttpScope::from_parts(parts, info, Context::new(), self.app.state.clone());
         let context = scope.context().clone();
         let handshaking = ws::start(
@@ -189,6 +203,7 @@ impl ConnService {
         route: &crate::app::Route,
         parts: &mut http::request::Parts,
         prefix_path: bool,
+        forwarded: Option<Forwarded>,
     ) -> RequestInfo {
         let info = RequestInfo::new()
             .with_scheme(Scheme::HTTP)
@@ -197,7 +212,7 @@ impl ConnService {
             .with_root_path(route.prefix.clone());
         match &self.origin {
             None => info,
-            Some(origin) => origin.apply(info, parts, prefix_path),
+            Some(origin) => origin.apply(info, parts, prefix_path, forwarded),
         }
     }
 }
