@@ -181,7 +181,7 @@ async fn run<L: Listen>(
             }
         };
         listener.prepare(&io);
-        let state = ConnState::new(app.counters.clone());
+        let state = ConnState::new(app.counters.clone(), client);
         let service = ConnService {
             app: app.clone(),
             client,

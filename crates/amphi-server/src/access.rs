@@ -32,8 +32,9 @@ pub(crate) struct AccessRecord {
     uri: Uri,
     version: Version,
     kind: HandlerKind,
-    /// The client, as a trusted proxy says or the connection's peer.
-    client: Option<SocketAddr>,
+    /// The client as a trusted proxy says (`None`: the connection's peer). Boxed: a plain
+    /// request pays 8 bytes for it, moved with the record, rather than 32.
+    forwarded: Option<Box<Option<SocketAddr>>>,
     /// `None` when the access log is filtered out (neither its info nor its warn lines are
     /// enabled): the request then costs no clock reads and logs nothing.
     started: Option<Instant>,
@@ -49,7 +50,7 @@ impl AccessRecord {
         uri: Uri,
         version: Version,
         kind: HandlerKind,
-        client: Option<SocketAddr>,
+        forwarded: Option<Box<Option<SocketAddr>>>,
     ) -> AccessRecord {
         conn.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         conn.request_started(version);
@@ -59,7 +60,7 @@ impl AccessRecord {
             uri,
             version,
             kind,
-            client,
+            forwarded,
             started: tracing::enabled!(target: "amphi::access", tracing::Level::WARN)
                 .then(Instant::now),
             status: None,
@@ -82,7 +83,7 @@ impl AccessRecord {
             uri,
             version,
             kind,
-            client: None,
+            forwarded: None,
             started: None,
             status: None,
             bytes: 0,
@@ -118,7 +119,10 @@ impl Drop for AccessRecord {
         let method = self.method.as_str();
         let path = self.uri.path();
         let kind = self.kind.as_str();
-        let client = ClientField(self.client);
+        let client = ClientField(match &self.forwarded {
+            Some(c) => **c,
+            None => conn.peer,
+        });
         let version = match self.version {
             Version::HTTP_2 => "2",
             Version::HTTP_10 => "1.0",

@@ -44,7 +44,7 @@ impl std::fmt::Debug for RouterService {
 
 impl RouterService {
     pub(crate) fn new(app: Arc<App>) -> RouterService {
-        let conn = ConnState::new(app.counters.clone());
+        let conn = ConnState::new(app.counters.clone(), None);
         RouterService { app, conn }
     }
 

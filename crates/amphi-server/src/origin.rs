@@ -55,13 +55,13 @@ impl Origin {
         mut info: RequestInfo,
         parts: &mut Parts,
         prefix_path: bool,
-        forwarded: Option<Forwarded>,
+        forwarded: Option<Box<Forwarded>>,
     ) -> RequestInfo {
         if self.https {
             info = info.with_scheme(Scheme::HTTPS);
         }
         let mut authority = None;
-        if let Some(forwarded) = forwarded {
+        if let Some(forwarded) = forwarded.map(|f| *f) {
             if let Some(client) = forwarded.client {
                 info = info.with_client(client);
             }
@@ -139,7 +139,7 @@ mod tests {
             ],
         );
         let peer = "127.0.0.1:5555".parse().unwrap();
-        let forwarded = origin.forwarded(&p.headers);
+        let forwarded = origin.forwarded(&p.headers).map(Box::new);
         let info = origin.apply(
             RequestInfo::new().with_client(Some(peer)),
             &mut p,

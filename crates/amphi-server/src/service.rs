@@ -65,19 +65,16 @@ impl ConnService {
         };
         let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
         // What a trusted proxy says, read once for the access log and the scope.
+        // Boxed, as the access log's client: a plain request carries two null pointers.
         let forwarded = match &self.origin {
             None => None,
-            Some(origin) => origin.forwarded(req.headers()),
-        };
-        let client = match &forwarded {
-            Some(Forwarded {
-                client: Some(client),
-                ..
-            }) => *client,
-            _ => self.client,
+            Some(origin) => origin.forwarded(req.headers()).map(Box::new),
         };
         let record = match &self.conn {
-            Some(conn) => AccessRecord::new(conn.clone(), method, uri, version, kind, client),
+            Some(conn) => {
+                let client = forwarded.as_ref().and_then(|f| f.client).map(Box::new);
+                AccessRecord::new(conn.clone(), method, uri, version, kind, client)
+            }
             None => AccessRecord::silent(method, uri, version, kind),
         };
         let Some(route) = route.filter(|r| !r.is_not_found()) else {
@@ -159,7 +156,7 @@ impl ConnService {
         kind: ws::Handshake,
         mut req: Request<Incoming>,
         record: AccessRecord,
-        forwarded: Option<Forwarded>,
+        forwarded: Option<Box<Forwarded>>,
     ) -> ResponseFuture {
         let Some(handler) = route.target.clone() else {
             unreachable!("a route that is not a 404 or a service has a handler")
@@ -198,12 +195,15 @@ impl ConnService {
 
     /// What the server knows of a request beyond its head; with the connection's
     /// [`Origin`], also what it changes in the head (see [`Origin::apply`]).
+    // Always inlined: called from two places, it would otherwise be a call that returns the
+    // info through a copy, on every request.
+    #[inline(always)]
     fn info(
         &self,
         route: &crate::app::Route,
         parts: &mut http::request::Parts,
         prefix_path: bool,
-        forwarded: Option<Forwarded>,
+        forwarded: Option<Box<Forwarded>>,
     ) -> RequestInfo {
         let info = RequestInfo::new()
             .with_scheme(Scheme::HTTP)
