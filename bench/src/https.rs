@@ -200,7 +200,7 @@ fn render(opts: &Options, rps: &[Vec<Vec<LoadResult>>]) -> String {
         md,
         "HTTPS hello: `cargo run --release --manifest-path bench/Cargo.toml -- {}`; {} s per case \
          after a {} s warm-up, {} round(s), h2load with {} client thread(s), TLS 1.3 (rustls, \
-         ring) on both sides of each server. {}\n",
+         ring) on both sides of each server.\n\n{}\n",
         opts.command_line.replacen("all", "https", 1),
         opts.duration,
         opts.warmup,

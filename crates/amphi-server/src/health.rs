@@ -32,7 +32,7 @@ impl ServerStatus {
     }
 
     /// The status of the server whose state this is; `None` for a state no server has bound
-    /// with (a router served through [`Server::into_service`](crate::Server::into_service)).
+    /// with (a router served through `Server::into_service`, `tower` feature).
     pub fn of(state: &State) -> Option<ServerStatus> {
         state.get::<ServerStatus>()
     }
