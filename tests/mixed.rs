@@ -445,7 +445,7 @@ fn flags_and_defaults() -> [(&'static str, String); 7] {
 }
 
 /// The flags without a default: each has its own described line in `--help`.
-const OPTIONAL_FLAGS: [&str; 9] = [
+const OPTIONAL_FLAGS: [&str; 8] = [
     "--uds",
     "--fd",
     "--reuse-port",
@@ -454,7 +454,6 @@ const OPTIONAL_FLAGS: [&str; 9] = [
     "--tls-client-ca",
     "--trusted-proxies",
     "--root-path",
-    "--help",
 ];
 
 /// Checks that `help` describes every flag on its own line, with its default.
