@@ -344,7 +344,10 @@ async fn a_connection_accepted_just_before_the_drain_gets_its_first_request_serv
     let addr = serving.local_addr().unwrap();
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Accepted: the server counts the connection (one request proves the accept loop ran).
-    assert_eq!(get(addr, Proto::H1, "/a/shut/x").await.status, StatusCode::OK);
+    assert_eq!(
+        get(addr, Proto::H1, "/a/shut/x").await.status,
+        StatusCode::OK
+    );
     let stopping = tokio::spawn(serving.shutdown());
     tokio::time::sleep(Duration::from_millis(200)).await;
     stream

@@ -366,8 +366,60 @@ fn flags_parse() {
     assert!(app::Options::parse(["--blocking-threads".into(), "0".into()]).is_err());
 }
 
+#[test]
+fn deployment_flags_parse_and_refuse_bad_combinations() {
+    let parse = |args: &[&str]| app::Options::parse(args.iter().map(Into::into));
+    let o = parse(&[
+        "--uds",
+        "/run/amphi.sock",
+        "--reuse-port",
+        "--tls-cert",
+        "c.pem",
+        "--tls-key",
+        "k.pem",
+        "--tls-client-ca",
+        "ca.pem",
+        "--trusted-proxies",
+        "127.0.0.1, 10.0.0.0/8, unix",
+        "--root-path",
+        "/app",
+        "--drain-delay-ms",
+        "1500",
+    ])
+    .unwrap();
+    assert_eq!(
+        o.uds.as_deref(),
+        Some(std::path::Path::new("/run/amphi.sock"))
+    );
+    assert!(o.reuse_port);
+    let (cert, key) = o.tls.clone().unwrap();
+    assert_eq!(
+        (cert.to_str(), key.to_str()),
+        (Some("c.pem"), Some("k.pem"))
+    );
+    assert!(o.trusted_proxies.contains("10.9.8.7".parse().unwrap()));
+    assert!(o.trusted_proxies.trusts_unix());
+    assert_eq!(o.root_path.as_deref(), Some("/app"));
+    assert_eq!(o.drain_delay, Duration::from_millis(1500));
+    assert_eq!(parse(&["--fd", "3"]).unwrap().fd, Some(3));
+    let d = parse(&[]).unwrap();
+    assert!(d.trusted_proxies.is_empty() && d.tls.is_none() && !d.reuse_port);
+    assert_eq!(d.drain_delay, Duration::ZERO);
+    for bad in [
+        &["--tls-cert", "c.pem"][..],
+        &["--tls-key", "k.pem"],
+        &["--tls-client-ca", "ca.pem"],
+        &["--uds", "/x.sock", "--fd", "3"],
+        &["--trusted-proxies", "10.0.0.0/33"],
+        &["--root-path", "app"],
+        &["--fd", "three"],
+    ] {
+        assert!(parse(bad).is_err(), "{bad:?} is refused");
+    }
+}
+
 /// Every flag with the default it shows in `--help`.
-fn flags_and_defaults() -> [(&'static str, String); 6] {
+fn flags_and_defaults() -> [(&'static str, String); 7] {
     let ms = |d: Duration| d.as_millis().to_string();
     [
         ("--bind", "127.0.0.1:8000".to_owned()),
@@ -388,11 +440,34 @@ fn flags_and_defaults() -> [(&'static str, String); 6] {
             ms(amphi::server::DEFAULT_HEADER_READ_TIMEOUT),
         ),
         ("--grace-ms", ms(amphi::server::DEFAULT_GRACE_PERIOD)),
+        ("--drain-delay-ms", ms(amphi::server::DEFAULT_DRAIN_DELAY)),
     ]
 }
 
+/// The flags without a default: each has its own described line in `--help`.
+const OPTIONAL_FLAGS: [&str; 8] = [
+    "--uds",
+    "--fd",
+    "--reuse-port",
+    "--tls-cert",
+    "--tls-key",
+    "--tls-client-ca",
+    "--trusted-proxies",
+    "--root-path",
+];
+
 /// Checks that `help` describes every flag on its own line, with its default.
 fn assert_describes_every_flag(help: &str) {
+    for flag in OPTIONAL_FLAGS {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("no line for {flag} in the help:\n{help}"));
+        assert!(
+            line.split_whitespace().count() > 3,
+            "{flag} is described: {line}"
+        );
+    }
     for (flag, default) in flags_and_defaults() {
         let line = help
             .lines()
@@ -429,7 +504,10 @@ fn the_binary_prints_help_to_stdout_and_rejects_bad_flags_with_exit_2() {
     assert_eq!(help.status.code(), Some(0), "--help exits 0");
     assert!(help.stderr.is_empty(), "nothing on stderr");
     let stdout = String::from_utf8(help.stdout).expect("utf-8 help");
-    assert!(stdout.contains("Usage: mixed [--bind ADDR]"), "{stdout}");
+    assert!(
+        stdout.contains("Usage: mixed [--bind ADDR | --uds PATH | --fd N]"),
+        "{stdout}"
+    );
     assert_describes_every_flag(&stdout);
 
     for bad in [

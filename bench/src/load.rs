@@ -157,6 +157,19 @@ pub fn h2load(
     secs: u64,
     scratch: &Path,
 ) -> Result<LoadResult, String> {
+    h2load_with(url, conns, streams, threads, secs, scratch, &[])
+}
+
+/// [`h2load`] with extra flags (`--h1`: HTTP/1.1, over TLS by ALPN `http/1.1`).
+pub fn h2load_with(
+    url: &str,
+    conns: usize,
+    streams: usize,
+    threads: usize,
+    secs: u64,
+    scratch: &Path,
+    extra: &[&str],
+) -> Result<LoadResult, String> {
     let log = scratch.join(format!("h2load-{}.log", std::process::id()));
     let out = scratch.join(format!("h2load-{}.out", std::process::id()));
     let out_file = fs::File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -166,6 +179,7 @@ pub fn h2load(
         .arg(format!("-t{}", threads.min(conns).max(1)))
         .arg(format!("-D{secs}"))
         .arg(format!("--log-file={}", log.display()))
+        .args(extra)
         .arg(url)
         .stdin(Stdio::null())
         .stdout(out_file)

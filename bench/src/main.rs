@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod chart;
+mod https;
 mod load;
 mod peers;
 mod probe;
@@ -22,9 +23,12 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 usage:
   amphi-bench all [options]            build, run every case against every server, report
-  amphi-bench serve NAME [--bind ADDR] [--blocking-threads N]
+  amphi-bench https [--duration SECS] [--warmup SECS] [--rounds N] [--amphi-bin PATH]
+                                       HTTPS hello over HTTP/1.1 and HTTP/2 (ALPN): amphi
+                                       against raw hyper + tokio-rustls (h2load)
+  amphi-bench serve NAME [--bind ADDR] [--blocking-threads N] [--tls-cert P --tls-key P]
                                        run one peer server (hyper, hyper-blocking, axum,
-                                       axum-blocking, actix, astra)
+                                       axum-blocking, actix, astra, hyper-tls)
 options for `all`:
   --duration SECS      measured seconds per case (default 5)
   --warmup SECS        warm-up seconds before each case (default 1)
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
         Some("all") => runner::Options::parse(&args[1..]).and_then(runner::run),
+        Some("https") => runner::Options::parse(&args[1..]).and_then(|o| https::run(&o)),
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -58,6 +63,7 @@ fn serve(args: &[String]) -> Result<(), String> {
     let name = args.first().ok_or_else(|| USAGE.to_owned())?;
     let mut bind: SocketAddr = "127.0.0.1:8000".parse().map_err(|e| format!("{e}"))?;
     let mut blocking = 256usize;
+    let (mut cert, mut key) = (None, None);
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -68,8 +74,16 @@ fn serve(args: &[String]) -> Result<(), String> {
                     .parse()
                     .map_err(|e| format!("--blocking-threads {value}: {e}"))?
             }
+            "--tls-cert" => cert = Some(std::path::PathBuf::from(value)),
+            "--tls-key" => key = Some(std::path::PathBuf::from(value)),
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
+    }
+    if name == "hyper-tls" {
+        let (Some(cert), Some(key)) = (cert, key) else {
+            return Err("hyper-tls needs --tls-cert and --tls-key".to_owned());
+        };
+        return peers::serve_tls(bind, &cert, &key).map_err(|e| format!("serve {name}: {e}"));
     }
     peers::serve(name, bind, blocking).map_err(|e| format!("serve {name}: {e}"))
 }

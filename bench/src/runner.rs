@@ -594,7 +594,7 @@ fn targets(opts: &Options, skipped: &mut Vec<String>) -> Result<Vec<Target>, Str
 }
 
 /// The `mixed` example built in release mode from the workspace, as users run it.
-fn amphi_binary(opts: &Options) -> Result<PathBuf, String> {
+pub fn amphi_binary(opts: &Options) -> Result<PathBuf, String> {
     if let Some(bin) = &opts.amphi_bin {
         return if bin.is_file() {
             Ok(bin.clone())
@@ -630,14 +630,14 @@ fn amphi_binary(opts: &Options) -> Result<PathBuf, String> {
 
 /// Lift the soft open-files limit to the hard one; children inherit it. The memory case needs
 /// 10,000 sockets on each side.
-fn raise_nofile() {
+pub fn raise_nofile() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => eprintln!("open files limit: {n}"),
         Err(e) => eprintln!("could not raise the open files limit: {e}"),
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
     l.local_addr().map(|a| a.port()).map_err(|e| format!("{e}"))
 }

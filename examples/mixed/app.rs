@@ -5,6 +5,7 @@
 
 use std::ffi::OsString;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,22 @@ pub(crate) struct Options {
     pub(crate) workers: Option<amphi::server::Workers>,
     /// `--fail-startup` (hidden, for tests): the async app's lifespan startup fails.
     pub(crate) fail_startup: bool,
+    /// `--drain-delay-ms MS`
+    pub(crate) drain_delay: Duration,
+    /// `--uds PATH`: a unix socket instead of `--bind`.
+    pub(crate) uds: Option<PathBuf>,
+    /// `--fd N`: an inherited listening socket instead of `--bind`.
+    pub(crate) fd: Option<i32>,
+    /// `--reuse-port`
+    pub(crate) reuse_port: bool,
+    /// `--tls-cert PATH` and `--tls-key PATH`
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
+    /// `--tls-client-ca PATH`: client certificates are required, signed by these CAs.
+    pub(crate) tls_client_ca: Option<PathBuf>,
+    /// `--trusted-proxies LIST`
+    pub(crate) trusted_proxies: amphi::server::TrustedProxies,
+    /// `--root-path PREFIX`
+    pub(crate) root_path: Option<String>,
 }
 
 /// The command line, as clap reads it: durations in whole milliseconds, each default from the
@@ -45,15 +62,42 @@ pub(crate) struct Options {
     about = "The amphi demo: a blocking (sync) app at /sync and an async app at /async, on one port.",
     after_help = "Logs go to stderr (RUST_LOG sets the filter; the access log is the amphi::access \
                   target). SIGINT or SIGTERM drains in-flight requests and exits 0.",
-    override_usage = "mixed [--bind ADDR] [--blocking-threads N] [--queue-timeout-ms MS] \
-                      [--max-body BYTES] [--header-timeout-ms MS] [--grace-ms MS] [--workers N] \
-                      [--max-requests N] [--max-requests-jitter N] [--max-lifetime-secs SECS] \
-                      [--max-rss-mb MB] [--heartbeat-timeout-ms MS]"
+    override_usage = "mixed [--bind ADDR | --uds PATH | --fd N] [--reuse-port] \
+                      [--tls-cert PATH --tls-key PATH [--tls-client-ca PATH]] \
+                      [--trusted-proxies LIST] [--root-path PREFIX] [--blocking-threads N] \
+                      [--queue-timeout-ms MS] [--max-body BYTES] [--header-timeout-ms MS] \
+                      [--grace-ms MS] [--drain-delay-ms MS] [--workers N [--max-requests N] \
+                      [--max-requests-jitter N] [--max-lifetime-secs SECS] [--max-rss-mb MB] \
+                      [--heartbeat-timeout-ms MS]]"
 )]
 struct Flags {
     /// The address to listen on (port 0: any free port; the chosen one is printed)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     bind: String,
+    /// Listen on a unix socket at this path (which must not exist) instead of --bind
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    uds: Option<PathBuf>,
+    /// Serve the listening socket inherited at this file descriptor instead of --bind (a socket passed by systemd socket activation, LISTEN_FDS, is used without it)
+    #[arg(long, value_name = "N")]
+    fd: Option<i32>,
+    /// Set SO_REUSEPORT on the --bind socket, so several instances share the port
+    #[arg(long)]
+    reuse_port: bool,
+    /// Serve HTTPS (ALPN h2 and http/1.1) with this PEM certificate chain; SIGHUP reloads it
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by a CA in this PEM bundle (mutual TLS)
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Believe Forwarded and X-Forwarded-* headers from these peers: comma-separated addresses, CIDR ranges, `unix` (none by default)
+    #[arg(long, value_name = "LIST", value_parser = trusted_proxies)]
+    trusted_proxies: Option<amphi::server::TrustedProxies>,
+    /// The prefix a proxy serves the app under and strips (prepended to every root_path)
+    #[arg(long, value_name = "PREFIX", value_parser = root_path)]
+    root_path: Option<String>,
     /// The most sync requests running at once (including while they stream their response)
     #[arg(
         long,
@@ -95,6 +139,25 @@ struct Flags {
     /// Make the async app's lifespan startup fail (for tests)
     #[arg(long, hide = true)]
     fail_startup: bool,
+    /// How long to keep accepting after SIGTERM while /healthz answers 503, before draining
+    #[arg(long, value_name = "MS", default_value_t = millis(amphi::server::DEFAULT_DRAIN_DELAY))]
+    drain_delay_ms: u64,
+}
+
+fn trusted_proxies(value: &str) -> Result<amphi::server::TrustedProxies, String> {
+    value
+        .parse()
+        .map_err(|e: amphi::server::ParseProxiesError| e.to_string())
+}
+
+fn root_path(value: &str) -> Result<String, String> {
+    if value.is_empty()
+        || (value.starts_with('/') && !value.contains(['?', '#']) && !value.contains("//"))
+    {
+        Ok(value.to_owned())
+    } else {
+        Err("must start with '/', without '?', '#' or an empty segment".into())
+    }
 }
 
 fn at_least_one(value: &str) -> Result<usize, String> {
@@ -148,6 +211,14 @@ impl Options {
                 w
             }),
             fail_startup: flags.fail_startup,
+            drain_delay: Duration::from_millis(flags.drain_delay_ms),
+            uds: flags.uds,
+            fd: flags.fd,
+            reuse_port: flags.reuse_port,
+            tls: flags.tls_cert.zip(flags.tls_key),
+            tls_client_ca: flags.tls_client_ca,
+            trusted_proxies: flags.trusted_proxies.unwrap_or_default(),
+            root_path: flags.root_path,
         })
     }
 
@@ -157,17 +228,30 @@ impl Options {
         if self.fail_startup {
             state.insert(FailStartup);
         }
-        let server = Server::new(router())
+        let mut server = Server::new(router())
             .state(state)
             .blocking_threads(self.blocking_threads)
             .queue_timeout(self.queue_timeout)
             .max_body_bytes(self.max_body)
             .header_read_timeout(Some(self.header_timeout))
-            .grace_period(self.grace);
-        match &self.workers {
-            Some(w) => server.workers(w.clone()),
-            None => server,
+            .grace_period(self.grace)
+            .drain_delay(self.drain_delay)
+            .reuse_port(self.reuse_port)
+            .trusted_proxies(self.trusted_proxies.clone());
+        if let Some(prefix) = &self.root_path {
+            server = server.root_path(prefix);
         }
+        if let Some((cert, key)) = &self.tls {
+            let mut tls = amphi::server::tls::TlsConfig::new(cert, key).reload_on_sighup(true);
+            if let Some(ca) = &self.tls_client_ca {
+                tls = tls.client_ca(ca, amphi::server::tls::ClientAuth::Required);
+            }
+            server = server.tls(tls);
+        }
+        if let Some(w) = &self.workers {
+            server = server.workers(w.clone());
+        }
+        server
     }
 }
 
@@ -185,11 +269,13 @@ pub(crate) struct Counters {
     pub(crate) call_sync: AtomicU64,
 }
 
-/// The whole app: the sync app at `/sync`, the async app at `/async`, 404 elsewhere.
+/// The whole app: the sync app at `/sync`, the async app at `/async`, the health endpoint
+/// at `/healthz` (503 once draining), 404 elsewhere.
 pub(crate) fn router() -> Router {
     Router::new()
         .mount_sync("/sync", sync_fn(sync_app).websocket(sync_ws))
         .mount_async("/async", AsyncApp::new())
+        .mount_async("/healthz", amphi::server::Health::new())
 }
 
 /// A query parameter parsed as a number, or `default`.
@@ -218,13 +304,22 @@ fn info_json(scope: &HttpScope) -> Bytes {
         "method": scope.method().as_str(),
         "path": scope.path(),
         "root_path": scope.root_path(),
+        "raw_path": scope.raw_path(),
         "query_string": scope.query_string(),
         "http_version": scope.http_version(),
         "scheme": scope.scheme(),
         "client": scope.client().map(|a| a.to_string()),
+        "host": scope
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| scope.uri().authority().map(|a| a.as_str())),
+        "client_cert_bytes": scope
+            .extensions()
+            .get::<amphi::server::tls::ClientCertificate>()
+            .map(|c| c.leaf().len()),
         "server": scope.server().map(|a| a.to_string()),
         "headers": headers,
-        // Which process served it: workers (`--workers N`) each have their own.
         "pid": std::process::id(),
     });
     Bytes::from(value.to_string())

@@ -6,16 +6,43 @@
 //! curl http://127.0.0.1:8000/async/call-sync
 //! ```
 //!
-//! Flags: `--bind ADDR`, `--blocking-threads N`, `--queue-timeout-ms MS`, `--max-body BYTES`,
-//! `--header-timeout-ms MS` (0 disables it), `--grace-ms MS`; `--help` says what each means
-//! and its default. Logs go to stderr (`RUST_LOG` sets the filter; the access log is the
-//! `amphi::access` target). SIGINT or SIGTERM drains and exits 0.
+//! Flags: where to listen (`--bind ADDR`, `--uds PATH`, `--fd N`, `--reuse-port`; a socket
+//! passed by systemd socket activation, `LISTEN_FDS`, is used when present), HTTPS
+//! (`--tls-cert PATH --tls-key PATH`, `--tls-client-ca PATH` for mutual TLS; SIGHUP reloads
+//! the certificate), behind a proxy (`--trusted-proxies LIST`, `--root-path PREFIX`), limits
+//! (`--blocking-threads N`, `--queue-timeout-ms MS`, `--max-body BYTES`, `--header-timeout-ms
+//! MS`, 0 disables it) and shutdown (`--grace-ms MS`, `--drain-delay-ms MS`); `--help` says
+//! what each means and its default. `/healthz` answers 200, and 503 once draining.
+//!
+//! The first line on stdout says where it listens: `listening on http://ADDR` (`https://`
+//! with TLS) or `listening on unix:PATH`. Logs go to stderr (`RUST_LOG` sets the filter; the
+//! access log is the `amphi::access` target). SIGINT or SIGTERM: `/healthz` turns 503, the
+//! server keeps accepting for the drain delay, then drains and exits 0.
+//!
+//! ```sh
+//! # Behind nginx on the same machine, two instances on one port:
+//! mixed --bind 127.0.0.1:8001 --reuse-port --trusted-proxies 127.0.0.1 --drain-delay-ms 2000
+//! # HTTPS on its own:
+//! mixed --bind 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem
+//! ```
 
 mod app;
 
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
+
+/// The socket to serve when it is not `--bind`'s or `--uds`'s: `--fd N`, or the one systemd
+/// socket activation passed.
+fn inherited_listener(opts: &app::Options) -> Result<Option<amphi::server::Listener>, String> {
+    if let Some(fd) = opts.fd {
+        return amphi::server::Listener::from_fd(fd)
+            .map(Some)
+            .map_err(|e| format!("cannot serve fd {fd}: {e}"));
+    }
+    amphi::server::Listener::from_systemd()
+        .map_err(|e| format!("cannot serve the socket from systemd (LISTEN_FDS): {e}"))
+}
 
 fn main() -> ExitCode {
     // `--help` prints the usage to stdout and exits 0; a bad flag prints the error and the
@@ -34,12 +61,29 @@ fn main() -> ExitCode {
         .max_blocking_threads(opts.blocking_threads.max(512))
         .build()
         .expect("building the tokio runtime");
+    // Inherited sockets are taken before the runtime starts its threads: taking them
+    // changes the environment.
+    let inherited = match inherited_listener(&opts) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mixed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let result = runtime.block_on(async {
-        let serving = opts.server().bind(opts.bind.as_str()).await?;
-        let addr = serving.local_addr().expect("a TCP listener has an address");
+        let server = opts.server();
+        let serving = match (inherited, &opts.uds) {
+            (Some(listener), _) => server.serve_on(listener).await?,
+            (None, Some(path)) => server.bind_unix(path).await?,
+            (None, None) => server.bind(opts.bind.as_str()).await?,
+        };
         // Workers (`--workers N`) run this same main; only the supervisor says where it listens.
-        if !amphi::server::is_worker() {
-            println!("listening on http://{addr}");
+        match (serving.local_addr(), &opts.uds) {
+            _ if amphi::server::is_worker() => {}
+            (Some(addr), _) => println!("listening on {scheme}://{addr}"),
+            (None, Some(path)) => println!("listening on unix:{}", path.display()),
+            (None, None) => println!("listening on an inherited unix socket"),
         }
         serving.run_until(amphi::server::shutdown_signal()).await
     });

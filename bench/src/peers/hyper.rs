@@ -65,7 +65,10 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     res
 }
 
-async fn handle(req: Request<Incoming>, offload: bool) -> Result<Response<Body>, Infallible> {
+pub(super) async fn handle(
+    req: Request<Incoming>,
+    offload: bool,
+) -> Result<Response<Body>, Infallible> {
     let res = match (req.method(), req.uri().path(), offload) {
         (&Method::GET, "/hello", false) => text(StatusCode::OK, super::HELLO_ASYNC),
         (&Method::GET, "/hello", true) => {

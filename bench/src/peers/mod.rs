@@ -16,6 +16,9 @@ mod actix;
 mod astra;
 mod axum;
 mod hyper;
+mod hyper_tls;
+
+pub use hyper_tls::run as serve_tls;
 
 /// The names `serve` accepts, in the order the report lists them.
 pub const PEERS: &[&str] = &[
@@ -53,9 +56,13 @@ fn runtime(blocking_threads: usize) -> io::Result<tokio::runtime::Runtime> {
 }
 
 fn announce(addr: SocketAddr) {
+    announce_as("http", addr)
+}
+
+fn announce_as(scheme: &str, addr: SocketAddr) {
     let mut out = io::stdout().lock();
     // The harness waits for this line (and then for a 200 from /hello).
-    let _ = writeln!(out, "listening on http://{addr}");
+    let _ = writeln!(out, "listening on {scheme}://{addr}");
     let _ = out.flush();
 }
 

@@ -23,6 +23,8 @@ use crate::drain::{Drain, DrainWatch};
 use crate::idle::HeadDeadline;
 use crate::lifespan::Lifespans;
 use crate::listener::{is_connection_error, Listen};
+use crate::origin::Origin;
+use crate::proxy::TrustedProxies;
 use crate::response_rate::{ConnWatch, Watchdog};
 use crate::service::ConnService;
 use crate::serving::{Serving, ShutdownHandle};
@@ -39,6 +41,59 @@ pub(crate) struct Prepared {
     pub(crate) conn: ConnSettings,
     pub(crate) max_connections: usize,
     pub(crate) grace_period: Duration,
+    pub(crate) drain_delay: Duration,
+    pub(crate) origins: Origins,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<TlsSide>,
+}
+
+/// The TLS side of a server: the acceptor, the reload handle, and whether SIGHUP reloads.
+#[cfg(feature = "tls")]
+pub(crate) struct TlsSide {
+    pub(crate) tls: crate::tls::Tls,
+    pub(crate) handle: crate::tls::TlsHandle,
+    pub(crate) sighup: bool,
+}
+
+/// What connections add to their requests, by kind of peer: made once, shared by every
+/// connection of the kind.
+pub(crate) struct Origins {
+    proxies: Option<Arc<TrustedProxies>>,
+    /// An untrusted peer's (`None`: plain HTTP, no prefix: nothing to add).
+    plain: Option<Arc<Origin>>,
+    /// A trusted proxy's.
+    trusted: Option<Arc<Origin>>,
+}
+
+impl Origins {
+    pub(crate) fn new(https: bool, proxies: TrustedProxies, prefix: Option<Arc<str>>) -> Origins {
+        let proxies = (!proxies.is_empty()).then(|| Arc::new(proxies));
+        let plain = Origin {
+            https,
+            prefix,
+            ..Origin::default()
+        };
+        let trusted = proxies.clone().and_then(|p| {
+            Origin {
+                proxies: Some(p),
+                ..plain.clone()
+            }
+            .shared()
+        });
+        Origins {
+            proxies,
+            plain: plain.shared(),
+            trusted,
+        }
+    }
+
+    /// The extras of a connection from `peer` (`None`: a unix socket).
+    fn of(&self, peer: Option<std::net::SocketAddr>) -> Option<Arc<Origin>> {
+        match &self.proxies {
+            Some(p) if p.trusts_peer(peer) => self.trusted.clone(),
+            _ => self.plain.clone(),
+        }
+    }
 }
 
 impl Prepared {
@@ -51,8 +106,18 @@ impl Prepared {
         let token = CancellationToken::new();
         let app = self.app.clone();
         let pool = self.pool.clone();
+        #[cfg(feature = "tls")]
+        let tls = self.tls.as_ref().map(|t| {
+            if t.sighup {
+                reload_on_sighup(t.handle.clone(), token.clone());
+            }
+            t.handle.clone()
+        });
         let task = tokio::spawn(run(listener, self, token.clone()));
-        Serving::new(local_addr, pool, ShutdownHandle::new(token), app, task)
+        let serving = Serving::new(local_addr, pool, ShutdownHandle::new(token), app, task);
+        #[cfg(feature = "tls")]
+        let serving = serving.with_tls(tls);
+        serving
     }
 }
 
@@ -72,23 +137,41 @@ async fn run<L: Listen>(
         conn: settings,
         max_connections,
         grace_period,
+        drain_delay,
+        origins,
+        #[cfg(feature = "tls")]
+        tls,
     } = prepared;
+    #[cfg(feature = "tls")]
+    let tls = tls.map(|t| Arc::new(t.tls));
     let builder = Arc::new(connection_builder(settings));
     let drain = Arc::new(Drain::default());
     let limit = Arc::new(Semaphore::new(max_connections));
     let mut conns = JoinSet::new();
     let server_addr = listener.local_addr();
+    // Shutdown starts: health turns 503 at once, the listener stays open for the drain delay.
+    let stop = async {
+        token.cancelled().await;
+        app.counters.draining.store(true, Ordering::Relaxed);
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                "shutting down: health answers 503; still accepting for {drain_delay:?}"
+            );
+            tokio::time::sleep(drain_delay).await;
+        }
+    };
+    tokio::pin!(stop);
     loop {
         // Reap finished connection tasks so the set does not grow with the server's age.
         while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
             biased;
-            _ = token.cancelled() => break,
+            _ = &mut stop => break,
             permit = limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
         let accepted = tokio::select! {
             biased;
-            _ = token.cancelled() => break,
+            _ = &mut stop => break,
             accepted = listener.accept() => accepted,
         };
         let (io, client) = match accepted {
@@ -101,20 +184,32 @@ async fn run<L: Listen>(
             }
         };
         listener.prepare(&io);
-        let state = ConnState::new(app.counters.clone());
+        let state = ConnState::new(app.counters.clone(), client);
         let service = ConnService {
             app: app.clone(),
             client,
             server: server_addr,
             conn: Some(state.clone()),
             watch: settings.response_rate.map(ConnWatch::new),
+            origin: origins.of(client),
         };
+        let watch = DrainWatch::new(drain.clone());
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &tls {
+            let (tls, builder) = (tls.clone(), builder.clone());
+            let head_timeout = settings.header_read_timeout;
+            conns.spawn(async move {
+                let _permit = permit;
+                serve_tls(&tls, io, service, state, builder, watch, head_timeout).await;
+            });
+            continue;
+        }
         let served = serve(
             io,
             service,
             state,
             builder.clone(),
-            DrainWatch::new(drain.clone()),
+            watch,
             settings.header_read_timeout,
         );
         let task = async move {
@@ -232,6 +327,59 @@ where
         })
         .await;
     }
+}
+
+/// Serves one TLS connection: the handshake, bounded by its timeout, then the connection as
+/// [`serve`] does, its requests told the client's certificate.
+#[cfg(feature = "tls")]
+async fn serve_tls<I>(
+    tls: &crate::tls::Tls,
+    io: I,
+    mut service: ConnService,
+    state: Arc<ConnState>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    drain: DrainWatch,
+    head_timeout: Option<Duration>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some((stream, cert)) = crate::tls::handshake(tls, io).await else {
+        return;
+    };
+    if let Some(cert) = cert {
+        let mut origin = service.origin.as_deref().cloned().unwrap_or_default();
+        origin.client_cert = Some(cert);
+        service.origin = Some(Arc::new(origin));
+    }
+    serve(stream, service, state, builder, drain, head_timeout).await;
+}
+
+/// Reloads the certificate on each SIGHUP until the server stops.
+#[cfg(feature = "tls")]
+fn reload_on_sighup(handle: crate::tls::TlsHandle, token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; the certificate reloads through its handle only");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    if let Err(e) = handle.reload() {
+                        tracing::error!(error = %crate::error::SourceChain(&e), "SIGHUP: reloading the TLS certificate failed; keeping the current one");
+                    }
+                }
+            }
+        }
+    });
 }
 
 fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {

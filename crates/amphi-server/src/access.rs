@@ -1,5 +1,7 @@
 //! The access log: one `tracing` event per request, target `amphi::access`.
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -30,6 +32,9 @@ pub(crate) struct AccessRecord {
     uri: Uri,
     version: Version,
     kind: HandlerKind,
+    /// The client as a trusted proxy says (`None`: the connection's peer). Boxed: a plain
+    /// request pays 8 bytes for it, moved with the record, rather than 32.
+    forwarded: Option<Box<Option<SocketAddr>>>,
     /// `None` when the access log is filtered out (neither its info nor its warn lines are
     /// enabled): the request then costs no clock reads and logs nothing.
     started: Option<Instant>,
@@ -45,6 +50,7 @@ impl AccessRecord {
         uri: Uri,
         version: Version,
         kind: HandlerKind,
+        forwarded: Option<Box<Option<SocketAddr>>>,
     ) -> AccessRecord {
         conn.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         conn.request_started(version);
@@ -54,6 +60,7 @@ impl AccessRecord {
             uri,
             version,
             kind,
+            forwarded,
             started: tracing::enabled!(target: "amphi::access", tracing::Level::WARN)
                 .then(Instant::now),
             status: None,
@@ -76,6 +83,7 @@ impl AccessRecord {
             uri,
             version,
             kind,
+            forwarded: None,
             started: None,
             status: None,
             bytes: 0,
@@ -112,6 +120,10 @@ impl Drop for AccessRecord {
         let method = self.method.as_str();
         let path = self.uri.path();
         let kind = self.kind.as_str();
+        let client = ClientField(match &self.forwarded {
+            Some(c) => **c,
+            None => conn.peer,
+        });
         let version = match self.version {
             Version::HTTP_2 => "2",
             Version::HTTP_10 => "1.0",
@@ -121,23 +133,37 @@ impl Drop for AccessRecord {
             Outcome::Complete => tracing::info!(
                 target: "amphi::access",
                 method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
-                outcome = "complete"
+                outcome = "complete", client = %client
             ),
             Outcome::Cut => tracing::warn!(
                 target: "amphi::access",
                 method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
-                outcome = "cut"
+                outcome = "cut", client = %client
             ),
             Outcome::Running if conn.counters.cutting.load(Ordering::Relaxed) => tracing::warn!(
                 target: "amphi::access",
                 method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
-                outcome = "cut at shutdown"
+                outcome = "cut at shutdown", client = %client
             ),
             Outcome::Running | Outcome::ClientGone => tracing::info!(
                 target: "amphi::access",
                 method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
-                outcome = "client gone"
+                outcome = "client gone", client = %client
             ),
+        }
+    }
+}
+
+/// The access log's `client`: `ip:port`, the ip alone for a forwarded client without a port,
+/// `-` when unknown (a unix socket).
+struct ClientField(Option<SocketAddr>);
+
+impl fmt::Display for ClientField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("-"),
+            Some(a) if a.port() == 0 => write!(f, "{}", a.ip()),
+            Some(a) => write!(f, "{a}"),
         }
     }
 }

@@ -10,12 +10,14 @@ use amphi_core::{AsyncHandler, State};
 use amphi_sync_to_async::BlockingPool;
 use tokio::net::{TcpListener, ToSocketAddrs, UnixListener};
 
-use crate::accept::Prepared;
+use crate::accept::{Origins, Prepared};
 use crate::app::App;
 use crate::conn::{ConnSettings, Counters};
 use crate::exchange::BodyRate;
+use crate::health::ServerStatus;
 use crate::lifespan::Lifespans;
-use crate::listener::listen_tcp;
+use crate::listener::{listen_tcp, Listener, ListenerKind};
+use crate::proxy::TrustedProxies;
 use crate::response_rate::ResponseRate;
 use crate::router::Compile;
 use crate::serving::Serving;
@@ -52,6 +54,8 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// The default drain deadline at shutdown: [`Server::grace_period`].
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// The default time the server keeps accepting after shutdown starts: [`Server::drain_delay`].
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::ZERO;
 
 /// A server for one [`Router`]: HTTP/1.1 and HTTP/2 (h2c with prior knowledge) on one port,
 /// over TCP or a unix socket, with the limits a production gateway needs.
@@ -123,16 +127,22 @@ pub struct Server {
     max_header_bytes: usize,
     max_connections: usize,
     grace_period: Duration,
+    drain_delay: Duration,
     websockets: WebSocketLimits,
     workers: Option<crate::workers::Workers>,
     /// The span a worker's connections run in, so its logs say which worker served.
     log_span: Option<tracing::Span>,
+    reuse_port: bool,
+    proxies: TrustedProxies,
+    root_path: Option<Arc<str>>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
 }
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Server")
-            .field("router", &self.router)
+        let mut d = f.debug_struct("Server");
+        d.field("router", &self.router)
             .field("blocking_threads", &self.blocking_threads)
             .field("queue_timeout", &self.queue_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -143,9 +153,15 @@ impl fmt::Debug for Server {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_connections", &self.max_connections)
             .field("grace_period", &self.grace_period)
+            .field("drain_delay", &self.drain_delay)
             .field("websockets", &self.websockets)
             .field("workers", &self.workers)
-            .finish_non_exhaustive()
+            .field("reuse_port", &self.reuse_port)
+            .field("trusted_proxies", &self.proxies)
+            .field("root_path", &self.root_path);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.finish_non_exhaustive()
     }
 }
 
@@ -173,9 +189,15 @@ impl Server {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             grace_period: DEFAULT_GRACE_PERIOD,
+            drain_delay: DEFAULT_DRAIN_DELAY,
             websockets: WebSocketLimits::default(),
             workers: None,
             log_span: None,
+            reuse_port: false,
+            proxies: TrustedProxies::new(),
+            root_path: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -370,6 +392,11 @@ impl Server {
         self
     }
 
+    /// Whether the listener is bound with `SO_REUSEPORT`, for the supervisor.
+    pub(crate) fn reuses_port(&self) -> bool {
+        self.reuse_port
+    }
+
     /// The grace period, for the supervisor.
     pub(crate) fn grace(&self) -> Duration {
         self.grace_period
@@ -380,6 +407,79 @@ impl Server {
     #[must_use]
     pub fn grace_period(mut self, grace: Duration) -> Server {
         self.grace_period = grace;
+        self
+    }
+
+    /// How long the server keeps accepting and serving as usual after shutdown starts,
+    /// before it stops accepting and drains: the time a load balancer needs to see
+    /// [`Health`](crate::Health) answer `503` (it does from the signal on) and stop sending
+    /// new connections here. The [`grace_period`](Server::grace_period) starts after it.
+    /// Default [`DEFAULT_DRAIN_DELAY`] (none: the listener closes at once). Under
+    /// Kubernetes, set it to the time endpoints take to drop a terminating pod (a few
+    /// seconds), and keep `terminationGracePeriodSeconds` above it plus the grace period.
+    #[must_use]
+    pub fn drain_delay(mut self, delay: Duration) -> Server {
+        self.drain_delay = delay;
+        self
+    }
+
+    /// Sets `SO_REUSEPORT` on the socket [`bind`](Server::bind) opens, so that several
+    /// servers (processes, or servers in one process) listen on one port and the kernel
+    /// spreads new connections between them: a new instance can start before the old one
+    /// stops. Every socket on the port must set it. Default off.
+    #[must_use]
+    pub fn reuse_port(mut self, on: bool) -> Server {
+        self.reuse_port = on;
+        self
+    }
+
+    /// The proxies whose `Forwarded` (RFC 7239) or `X-Forwarded-For`, `-Proto` and `-Host`
+    /// headers are believed. A request whose connection comes from one of them gets its
+    /// scope's client, scheme and host from those headers:
+    ///
+    /// - the client is found by walking the hops from the right (the one the proxy added),
+    ///   skipping hops that are trusted proxies themselves: the first that is not is the
+    ///   client (the leftmost when all are trusted); hops further left were written by the
+    ///   client and are ignored. A hop without a port gets port 0; one that is not an address
+    ///   (`unknown`, an obfuscated name) leaves the client unknown (`None`).
+    /// - the scheme (`http`/`https`) is `Forwarded`'s `proto` in the element the walk stopped
+    ///   at, or the last `X-Forwarded-Proto` value.
+    /// - the host is `Forwarded`'s `host` there, or the last `X-Forwarded-Host` value: the
+    ///   request's `Host` header (and the URI's authority over HTTP/2) is set to it.
+    ///
+    /// `Forwarded` wins when present. From any other peer the headers reach handlers as they
+    /// came and change nothing. Default: nothing is trusted, and no header is read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use amphi_server::{Router, Server};
+    ///
+    /// // nginx on the same machine, and anything on the pods' network.
+    /// let server = Server::new(Router::new())
+    ///     .trusted_proxies("127.0.0.1, 10.0.0.0/8".parse().unwrap());
+    /// # let _ = server;
+    /// ```
+    #[must_use]
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Server {
+        self.proxies = proxies;
+        self
+    }
+
+    /// The prefix a proxy in front serves this server under, when the proxy strips it
+    /// (uvicorn's `--root-path`): prepended to every scope's `root_path` and, for handlers,
+    /// to the request URI's path, so that `root_path + path` is the path the client asked
+    /// for and links built from it work. Routes still match the path as it arrives. A mounted
+    /// tower service keeps seeing the path below its mount, with the prefix in its
+    /// `RequestInfo`'s `root_path`. `""` or `"/"`: none (the default).
+    ///
+    /// # Panics
+    ///
+    /// When `prefix` does not start with `/`, or contains `?`, `#` or an empty segment.
+    #[must_use]
+    pub fn root_path(mut self, prefix: &str) -> Server {
+        let prefix = crate::router::normalize(prefix);
+        self.root_path = (!prefix.is_empty()).then(|| Arc::from(prefix));
         self
     }
 
@@ -407,8 +507,9 @@ impl Server {
                 })?;
             return crate::workers::supervise(self, addr, workers).await;
         }
+        let reuse_port = self.reuse_port;
         let prepared = self.prepare().await?;
-        match listen_tcp(addr).await {
+        match listen_tcp(addr, reuse_port).await {
             Ok(listener) => Ok(prepared.spawn(listener)),
             Err(e) => {
                 prepared.abandon().await;
@@ -424,6 +525,40 @@ impl Server {
     /// As for [`bind`](Server::bind), except binding.
     pub async fn serve_listener(self, listener: TcpListener) -> Result<Serving, ServeError> {
         Ok(self.prepare().await?.spawn(listener))
+    }
+
+    /// Like [`bind_unix`](Server::bind_unix), on a unix listener the caller opened.
+    ///
+    /// # Errors
+    ///
+    /// As for [`bind`](Server::bind), except binding.
+    pub async fn serve_unix_listener(self, listener: UnixListener) -> Result<Serving, ServeError> {
+        Ok(self.prepare().await?.spawn(listener))
+    }
+
+    /// Like [`bind`](Server::bind), on a [`Listener`] opened elsewhere: inherited from systemd
+    /// socket activation ([`Listener::from_systemd`]), at a file descriptor
+    /// ([`Listener::from_fd`]), or a std TCP or unix listener. Over a unix socket, requests
+    /// have no client or server address.
+    ///
+    /// # Errors
+    ///
+    /// As for [`bind`](Server::bind); [`ServeError::is_bind`] when the socket cannot be
+    /// registered with the runtime.
+    pub async fn serve_on(self, listener: Listener) -> Result<Serving, ServeError> {
+        let registered = |e| ServeError::bind("registering the inherited listener", e);
+        match listener.kind {
+            ListenerKind::Tcp(l) => {
+                l.set_nonblocking(true).map_err(registered)?;
+                let l = TcpListener::from_std(l).map_err(registered)?;
+                Ok(self.prepare().await?.spawn(l))
+            }
+            ListenerKind::Unix(l) => {
+                l.set_nonblocking(true).map_err(registered)?;
+                let l = UnixListener::from_std(l).map_err(registered)?;
+                Ok(self.prepare().await?.spawn(l))
+            }
+        }
     }
 
     /// Like [`bind`](Server::bind), on a unix domain socket at `path` (which must not exist).
@@ -445,6 +580,17 @@ impl Server {
                 ))
             }
         }
+    }
+
+    /// Serves HTTPS instead of plain HTTP (`tls` feature): see
+    /// [`TlsConfig`](crate::tls::TlsConfig). The handshake runs on each connection's task,
+    /// bounded by its timeout; a failed or timed-out handshake closes that connection only.
+    /// The running server's [`Serving::tls`](crate::Serving::tls) reloads the certificate.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(mut self, config: crate::tls::TlsConfig) -> Server {
+        self.tls = Some(config);
+        self
     }
 
     /// The app: the routes compiled against the pool, with the request limits.
@@ -475,6 +621,29 @@ impl Server {
 
     async fn prepare(self) -> Result<Prepared, ServeError> {
         let (app, pool) = self.app()?;
+        // Certificates are read before lifespan startup: a server that cannot serve TLS
+        // starts nothing.
+        #[cfg(feature = "tls")]
+        let tls = match &self.tls {
+            Some(config) => {
+                let (acceptor, handle) = config.build()?;
+                Some(crate::accept::TlsSide {
+                    tls: crate::tls::Tls {
+                        acceptor,
+                        timeout: config.timeout(),
+                    },
+                    handle,
+                    sighup: config.sighup(),
+                })
+            }
+            None => None,
+        };
+        #[cfg(feature = "tls")]
+        let https = tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let https = false;
+        let origins = Origins::new(https, self.proxies.clone(), self.root_path.clone());
+        self.state.insert(ServerStatus::new(app.counters.clone()));
         // Lifespan startup runs in mount order, shutdown in reverse.
         let handlers: Vec<(String, Arc<dyn AsyncHandler>)> = app
             .routes
@@ -498,6 +667,10 @@ impl Server {
             },
             max_connections: self.max_connections,
             grace_period: self.grace_period,
+            drain_delay: self.drain_delay,
+            origins,
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 }

@@ -20,6 +20,8 @@ pub(crate) struct Counters {
     pub(crate) served: std::sync::atomic::AtomicU64,
     /// Set when the grace period is over and the remaining connections are being cut.
     pub(crate) cutting: AtomicBool,
+    /// Set when shutdown starts, before the drain delay: health answers `503`.
+    pub(crate) draining: AtomicBool,
 }
 
 /// What one connection's requests and its task share.
@@ -35,12 +37,18 @@ pub(crate) struct ConnState {
     idle_since: AtomicU64,
     /// The connection speaks HTTP/2: no head timeout after its first request.
     pub(crate) h2: AtomicBool,
+    /// The peer's address, for the access log (`None`: a unix socket, or unknown).
+    pub(crate) peer: Option<std::net::SocketAddr>,
 }
 
 impl ConnState {
-    pub(crate) fn new(counters: Arc<Counters>) -> Arc<ConnState> {
+    pub(crate) fn new(
+        counters: Arc<Counters>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Arc<ConnState> {
         Arc::new(ConnState {
             counters,
+            peer,
             base: Instant::now(),
             active: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),

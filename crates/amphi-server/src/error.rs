@@ -10,6 +10,7 @@ enum Kind {
     Startup,
     Routes,
     Io,
+    Tls,
 }
 
 /// Why the server could not start, or failed while running.
@@ -72,6 +73,27 @@ impl ServeError {
         &self.message
     }
 
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn tls(
+        message: impl Into<String>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> ServeError {
+        ServeError {
+            kind: Kind::Tls,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn tls_message(message: impl Into<String>) -> ServeError {
+        ServeError {
+            kind: Kind::Tls,
+            message: message.into(),
+            source: None,
+        }
+    }
+
     /// The listening socket could not be opened (address in use, permission denied, ...).
     pub fn is_bind(&self) -> bool {
         matches!(self.kind, Kind::Bind)
@@ -91,6 +113,14 @@ impl ServeError {
     /// An I/O error while serving, other than one connection failing.
     pub fn is_io(&self) -> bool {
         matches!(self.kind, Kind::Io)
+    }
+
+    /// The TLS settings cannot be used (`tls` feature): a certificate, key or CA file that is
+    /// missing, unreadable or holds nothing usable, or a key that does not match its
+    /// certificate. Returned by binding (the server never listens) and by a reload (the
+    /// server keeps its certificate).
+    pub fn is_tls(&self) -> bool {
+        matches!(self.kind, Kind::Tls)
     }
 }
 
@@ -112,6 +142,7 @@ impl fmt::Display for ServeError {
             Kind::Startup => "lifespan startup failed",
             Kind::Routes => "invalid routes",
             Kind::Io => "i/o error",
+            Kind::Tls => "tls settings",
         };
         write!(f, "{what}: {}", self.message)
     }
@@ -134,6 +165,22 @@ impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)?;
         let mut source = std::error::Error::source(self.0);
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+/// Displays any error with its `source()` chain, for log lines.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) struct SourceChain<'a>(pub(crate) &'a (dyn StdError + 'static));
+
+impl std::fmt::Display for SourceChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
         while let Some(s) = source {
             write!(f, ": {s}")?;
             source = s.source();

@@ -97,7 +97,7 @@ mod tests {
     use std::task::Poll;
 
     fn conn_state() -> Arc<ConnState> {
-        ConnState::new(Arc::new(crate::conn::Counters::default()))
+        ConnState::new(Arc::new(crate::conn::Counters::default()), None)
     }
 
     /// The connection's task may reach the deadline with its cooperative budget spent (hyper

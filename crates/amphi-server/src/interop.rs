@@ -44,7 +44,7 @@ impl std::fmt::Debug for RouterService {
 
 impl RouterService {
     pub(crate) fn new(app: Arc<App>) -> RouterService {
-        let conn = ConnState::new(app.counters.clone());
+        let conn = ConnState::new(app.counters.clone(), None);
         RouterService { app, conn }
     }
 
@@ -79,6 +79,7 @@ where
                 server: peer.server,
                 conn: None,
                 watch: None,
+                origin: peer.origin,
             },
             None => ConnService {
                 app: self.app.clone(),
@@ -86,6 +87,7 @@ where
                 server: None,
                 conn: Some(self.conn.clone()),
                 watch: None,
+                origin: None,
             },
         };
         let req = req.map(|b| Incoming::Boxed(b.map_err(Into::into).boxed_unsync()));

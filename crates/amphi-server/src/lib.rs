@@ -3,7 +3,8 @@
 //!
 //! - [`Router`] mounts [`SyncHandler`](amphi_core::SyncHandler)s,
 //!   [`AsyncHandler`](amphi_core::AsyncHandler)s and nested routers under path prefixes.
-//! - [`Server`] serves a router over HTTP/1.1 and HTTP/2 (h2c) on one TCP port or unix socket,
+//! - [`Server`] serves a router over HTTP/1.1 and HTTP/2 (h2c, or ALPN over TLS) on one TCP
+//!   port or unix socket,
 //!   with lifespan, graceful shutdown, limits (header timeout, header count and size, body
 //!   size, minimum request body and response rates, blocking pool, connections) and an access
 //!   log.
@@ -30,7 +31,18 @@
 //!
 //! One `tracing` event per request, target `amphi::access`: `method`, `path`, `status` (0 when
 //! none was sent), `bytes`, `duration_us`, `kind` (`sync`, `async`, or `none` for a 404),
-//! `version` and `outcome` (`complete`, `cut`, `client gone`, `cut at shutdown`).
+//! `version`, `outcome` (`complete`, `cut`, `client gone`, `cut at shutdown`) and `client`
+//! (`ip:port`; what a trusted proxy says, see [`Server::trusted_proxies`], the address alone
+//! when it gave no port; `-` over a unix socket).
+//!
+//! # Deployment
+//!
+//! HTTPS with ALPN `h2` and `http/1.1` (`Server::tls` and the `tls` module, feature `tls`),
+//! trusted proxy headers and an external prefix ([`Server::trusted_proxies`],
+//! [`Server::root_path`]), `SO_REUSEPORT` ([`Server::reuse_port`]), inherited sockets
+//! ([`Listener`], [`Server::serve_on`]), a health endpoint ([`Health`]) and a drain delay
+//! ([`Server::drain_delay`]): see `docs/deploy.md` in the repository for nginx, systemd and
+//! Kubernetes.
 //!
 //! # Examples
 //!
@@ -61,6 +73,7 @@ mod drain;
 mod driver;
 mod error;
 mod exchange;
+mod health;
 mod idle;
 mod incoming;
 #[cfg(feature = "tower")]
@@ -69,24 +82,31 @@ mod lifespan;
 mod listener;
 #[cfg(feature = "tower")]
 mod mounted;
+mod origin;
+mod proxy;
 mod reply;
 mod response;
 mod response_rate;
 mod router;
 mod service;
 mod serving;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod workers;
 mod ws;
 
 pub use body::ResponseBody;
 pub use builder::{
-    Server, DEFAULT_BLOCKING_THREADS, DEFAULT_BODY_GRACE_PERIOD, DEFAULT_GRACE_PERIOD,
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MIN_BODY_RATE,
+    Server, DEFAULT_BLOCKING_THREADS, DEFAULT_BODY_GRACE_PERIOD, DEFAULT_DRAIN_DELAY,
+    DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MIN_BODY_RATE,
     DEFAULT_MIN_RESPONSE_RATE, DEFAULT_QUEUE_TIMEOUT, DEFAULT_RESPONSE_GRACE_PERIOD,
     DEFAULT_RESPONSE_STALL_TIMEOUT,
 };
 pub use error::ServeError;
+pub use health::{Health, ServerStatus};
+pub use listener::Listener;
+pub use proxy::{ParseProxiesError, TrustedProxies};
 pub use response::ResponseFuture;
 pub use router::Router;
 pub use serving::{shutdown_signal, Serving, ShutdownHandle};

@@ -283,6 +283,8 @@ impl Router {
 
     /// Calls `f` with the full prefix of each mount; a router behind tower layers is one
     /// [`Flat::Layered`] unless `into_layered` asks for its mounts.
+    // Without the `tower` feature there are no layered routers to step into.
+    #[cfg_attr(not(feature = "tower"), allow(clippy::only_used_in_recursion))]
     fn flatten(&self, base: &str, into_layered: bool, f: &mut dyn FnMut(&str, Flat<'_>)) {
         for m in &self.mounts {
             let full = format!("{base}{}", m.prefix());

@@ -17,6 +17,8 @@ use crate::conn::ConnState;
 use crate::driver::Driver;
 use crate::exchange::{Exchange, IncomingSource};
 use crate::incoming::Incoming;
+use crate::origin::Origin;
+use crate::proxy::Forwarded;
 use crate::reply::{has, plain, too_large};
 use crate::response::{Driving, ResponseFuture, SyncCalling};
 use crate::response_rate::{ConnWatch, DrainClock};
@@ -33,6 +35,9 @@ pub(crate) struct ConnService {
     pub(crate) conn: Option<Arc<ConnState>>,
     /// The connection's streamed responses, watched for the minimum response rate.
     pub(crate) watch: Option<Arc<ConnWatch>>,
+    /// What the connection adds to each request (TLS, a trusted proxy's headers, the
+    /// external prefix); `None` for plain HTTP from an untrusted peer without a prefix.
+    pub(crate) origin: Option<Arc<Origin>>,
 }
 
 impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnService {
@@ -59,8 +64,17 @@ impl ConnService {
             None => HandlerKind::None,
         };
         let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
+        // What a trusted proxy says, read once for the access log and the scope.
+        // Boxed, as the access log's client: a plain request carries two null pointers.
+        let forwarded = match &self.origin {
+            None => None,
+            Some(origin) => origin.forwarded(req.headers()).map(Box::new),
+        };
         let record = match &self.conn {
-            Some(conn) => AccessRecord::new(conn.clone(), method, uri, version, kind),
+            Some(conn) => {
+                let client = forwarded.as_ref().and_then(|f| f.client).map(Box::new);
+                AccessRecord::new(conn.clone(), method, uri, version, kind, client)
+            }
             None => AccessRecord::silent(method, uri, version, kind),
         };
         let Some(route) = route.filter(|r| !r.is_not_found()) else {
@@ -80,7 +94,7 @@ impl ConnService {
                         record,
                     );
                 }
-                kind => return self.websocket(route, kind, req, record),
+                kind => return self.websocket(route, kind, req, record, forwarded),
             }
         }
         let declared = declared_length(&req);
@@ -89,8 +103,8 @@ impl ConnService {
         }
         // HTTP/2 streams run on tasks of their own, away from the connection's watchdog.
         let cross_task = req.version() == http::Version::HTTP_2;
-        let (parts, body) = req.into_parts();
-        let info = self.info(route);
+        let (mut parts, body) = req.into_parts();
+        let info = self.info(route, &mut parts, !is_service, forwarded);
         let drain = self
             .watch
             .as_ref()
@@ -145,6 +159,7 @@ impl ConnService {
         kind: ws::Handshake,
         mut req: Request<Incoming>,
         record: AccessRecord,
+        forwarded: Option<Box<Forwarded>>,
     ) -> ResponseFuture {
         let Some(handler) = route.target.clone() else {
             unreachable!("a route that is not a 404 or a service has a handler")
@@ -165,7 +180,7 @@ impl ConnService {
         let (mut parts, _body) = req.into_parts();
         // One method for the scope whatever carried the handshake (HTTP/2 uses CONNECT).
         parts.method = http::Method::GET;
-        let info = self.info(route);
+        let info = self.info(route, &mut parts, true, forwarded);
         let scope = HttpScope::from_parts(parts, info, Context::new(), self.app.state.clone());
         let context = scope.context().clone();
         let handshaking = ws::start(
@@ -183,13 +198,27 @@ impl ConnService {
         ResponseFuture::handshake(handshaking)
     }
 
-    /// What the server knows of a request beyond its head.
-    fn info(&self, route: &crate::app::Route) -> RequestInfo {
-        RequestInfo::new()
+    /// What the server knows of a request beyond its head; with the connection's
+    /// [`Origin`], also what it changes in the head (see [`Origin::apply`]).
+    // Always inlined: called from two places, it would otherwise be a call that returns the
+    // info through a copy, on every request.
+    #[inline(always)]
+    fn info(
+        &self,
+        route: &crate::app::Route,
+        parts: &mut http::request::Parts,
+        prefix_path: bool,
+        forwarded: Option<Box<Forwarded>>,
+    ) -> RequestInfo {
+        let info = RequestInfo::new()
             .with_scheme(Scheme::HTTP)
             .with_client(self.client)
             .with_server(self.server)
-            .with_root_path(route.prefix.clone())
+            .with_root_path(route.prefix.clone());
+        match &self.origin {
+            None => info,
+            Some(origin) => origin.apply(info, parts, prefix_path, forwarded),
+        }
     }
 }
 
@@ -211,8 +240,13 @@ pub(crate) fn declared_length<B>(req: &Request<B>) -> Option<u64> {
 #[cfg(feature = "tower")]
 #[derive(Clone)]
 pub(crate) struct Peer {
+    /// The client as the outer request resolved it (a trusted proxy's headers applied).
     pub(crate) client: Option<SocketAddr>,
     pub(crate) server: Option<SocketAddr>,
+    /// What the inner router's requests still need from the connection: the scheme and the
+    /// external prefix (the proxy headers are applied, the client's certificate is in the
+    /// extensions already).
+    pub(crate) origin: Option<Arc<Origin>>,
 }
 
 #[cfg(feature = "tower")]
@@ -240,9 +274,17 @@ impl ConnService {
             parts.extensions.insert(context.clone());
             parts.extensions.insert(self.app.state.clone());
         } else {
+            let https = *info.scheme() == Scheme::HTTPS;
+            let prefix = self.origin.as_ref().and_then(|o| o.prefix.clone());
             parts.extensions.insert(Peer {
-                client: self.client,
+                client: info.client(),
                 server: self.server,
+                origin: Origin {
+                    https,
+                    prefix,
+                    ..Origin::default()
+                }
+                .shared(),
             });
         }
         let body = crate::mounted::RequestBody::new(body, self.app.max_body, self.app.body_rate);

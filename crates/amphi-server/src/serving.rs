@@ -59,6 +59,8 @@ pub struct Serving {
     handle: ShutdownHandle,
     app: Arc<App>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsHandle>,
 }
 
 impl fmt::Debug for Serving {
@@ -85,7 +87,28 @@ impl Serving {
             handle,
             app,
             task: Some(task),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    #[cfg(feature = "tls")]
+    pub(crate) fn with_tls(mut self, tls: Option<crate::tls::TlsHandle>) -> Serving {
+        self.tls = tls;
+        self
+    }
+
+    /// The handle that reloads the certificate of a server serving TLS (`tls` feature);
+    /// `None` for plain HTTP.
+    #[cfg(feature = "tls")]
+    pub fn tls(&self) -> Option<&crate::tls::TlsHandle> {
+        self.tls.as_ref()
+    }
+
+    /// Whether shutdown has started, and with it the drain delay and the drain: what
+    /// [`Health`](crate::Health) answers `503` for.
+    pub fn is_draining(&self) -> bool {
+        self.app.counters.draining.load(Ordering::Relaxed)
     }
 
     /// The address the server listens on (with the real port when bound to port 0); `None`

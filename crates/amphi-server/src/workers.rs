@@ -263,7 +263,7 @@ pub(crate) async fn supervise(
     addr: SocketAddr,
     workers: Workers,
 ) -> Result<Serving, ServeError> {
-    let listener = crate::listener::listen_tcp(addr)
+    let listener = crate::listener::listen_tcp(addr, server.reuses_port())
         .await
         .map_err(|e| ServeError::bind("binding the TCP listener", e))?;
     let local_addr = listener.local_addr().ok();
