@@ -29,6 +29,8 @@ usage:
                                        axum-blocking, actix, astra)
   amphi-bench ws-load --addr ADDR [--path /ws] [--conns 64] [--threads 1] [--secs 5] [--bytes 32]
                                        websocket echo load client (the ws-echo case runs it)
+  amphi-bench ws-hold --addr ADDR [--path /ws] [--sockets 1000] [--secs 5]
+                                       hold idle websockets open (to profile a server meanwhile)
 options for `all`:
   --duration SECS      measured seconds per case (default 5)
   --warmup SECS        warm-up seconds before each case (default 1)
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
         Some("ws-load") => ws::load_main(&args[1..]),
+        Some("ws-hold") => ws::hold_main(&args[1..]),
         Some("all") => runner::Options::parse(&args[1..]).and_then(runner::run),
         _ => Err(USAGE.to_owned()),
     };

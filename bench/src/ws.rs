@@ -311,8 +311,71 @@ pub fn hold_idle(
         .map_err(|e| format!("runtime: {e}"))?;
     let rss_before_kib = probe::rss_kib(pid)?;
     let threads_before = threads(pid)?;
-    let payload = Utf8Bytes::from_static("idle");
     rt.block_on(async move {
+        let mut held = open_idle(addr, path, n, batch).await;
+        tokio::time::sleep(settle).await;
+        // Open and idle: nothing to read yet (or a ping). Closed: the stream ends or fails.
+        let alive = held
+            .iter_mut()
+            .map(|ws| match ws.next().now_or_never() {
+                None => true,
+                Some(Some(Ok(m))) => !m.is_close(),
+                Some(_) => false,
+            })
+            .filter(|&open| open)
+            .count();
+        let rss_after_kib = probe::rss_kib(pid)?;
+        let threads_after = threads(pid)?;
+        drop(held);
+        Ok(WsIdle {
+            wanted: n,
+            alive,
+            rss_before_kib,
+            rss_after_kib,
+            threads_before,
+            threads_after,
+        })
+    })
+}
+
+/// `amphi-bench ws-hold --addr A [--path P] [--sockets N] [--secs S]`: opens N idle websockets
+/// (a handshake and one echo each), holds them S seconds (at most 600) and exits, for looking
+/// at a server with a profiler meanwhile (valgrind's dhat or massif).
+pub fn hold_main(args: &[String]) -> Result<(), String> {
+    let mut addr: Option<SocketAddr> = None;
+    let mut path = "/ws".to_owned();
+    let (mut n, mut secs) = (1000usize, 5u64);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = |v: &String| v.parse::<u64>().map_err(|e| format!("{flag} {v}: {e}"));
+        match flag.as_str() {
+            "--addr" => addr = Some(value.parse().map_err(|e| format!("--addr {value}: {e}"))?),
+            "--path" => path = value.clone(),
+            "--sockets" => n = num(value)?.clamp(1, 20_000) as usize,
+            "--secs" => secs = num(value)?.min(600),
+            _ => return Err(format!("ws-hold: unknown flag {flag}")),
+        }
+    }
+    let addr = addr.ok_or("ws-hold needs --addr")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async {
+        let held = open_idle(addr, &path, n, 100).await;
+        println!("holding {} of {n} websockets for {secs} s", held.len());
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        drop(held);
+    });
+    Ok(())
+}
+
+/// Opens up to `n` websockets, `batch` at a time, each with one echo; stops at the first
+/// batch with a failure (and says so) or after a minute.
+async fn open_idle(addr: SocketAddr, path: &str, n: usize, batch: usize) -> Vec<Ws> {
+    let payload = Utf8Bytes::from_static("idle");
+    {
         let mut held: Vec<Ws> = Vec::with_capacity(n);
         let started = Instant::now();
         while held.len() < n && started.elapsed() < Duration::from_secs(60) {
@@ -354,29 +417,8 @@ pub fn hold_idle(
                 break;
             }
         }
-        tokio::time::sleep(settle).await;
-        // Open and idle: nothing to read yet (or a ping). Closed: the stream ends or fails.
-        let alive = held
-            .iter_mut()
-            .map(|ws| match ws.next().now_or_never() {
-                None => true,
-                Some(Some(Ok(m))) => !m.is_close(),
-                Some(_) => false,
-            })
-            .filter(|&open| open)
-            .count();
-        let rss_after_kib = probe::rss_kib(pid)?;
-        let threads_after = threads(pid)?;
-        drop(held);
-        Ok(WsIdle {
-            wanted: n,
-            alive,
-            rss_before_kib,
-            rss_after_kib,
-            threads_before,
-            threads_after,
-        })
-    })
+        held
+    }
 }
 
 #[cfg(test)]
