@@ -74,7 +74,10 @@ fn panel(out: &mut String, x: f64, y: f64, title: &str, bars: &[Bar]) -> f64 {
 pub fn render(r: &Results) -> String {
     let mut panels: Vec<(String, Vec<Bar>)> = Vec::new();
     for case in Case::ALL {
-        let floor = r.cell(case, "hyper").and_then(Result::ok).map(|x| x.rps);
+        let floor = r
+            .cell(case, case.floor())
+            .and_then(Result::ok)
+            .map(|x| x.rps);
         let bars: Vec<Bar> = r
             .targets
             .iter()
@@ -90,7 +93,12 @@ pub fn render(r: &Results) -> String {
             })
             .collect();
         if !bars.is_empty() {
-            panels.push((format!("{}: requests/s (× raw hyper)", case.short()), bars));
+            let title = if case.is_ws() {
+                format!("{}: round trips/s (× axum)", case.short())
+            } else {
+                format!("{}: requests/s (× raw hyper)", case.short())
+            };
+            panels.push((title, bars));
         }
     }
     if let Some(Ok(iso)) = &r.isolation {
@@ -156,6 +164,30 @@ pub fn render(r: &Results) -> String {
                 thousands(n as f64)
             ),
             mem,
+        ));
+    }
+    let ws_mem: Vec<Bar> = r
+        .ws_memory
+        .iter()
+        .filter_map(|(name, m)| {
+            let m = m.as_ref().ok()?;
+            let kind = r
+                .targets
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map_or(Kind::Async, |t| t.2);
+            Some(Bar {
+                label: name.clone(),
+                value: m.bytes_per_socket(),
+                text: format!("{:.1} KiB", m.bytes_per_socket() / 1024.0),
+                color: color(kind),
+            })
+        })
+        .collect();
+    if !ws_mem.is_empty() {
+        panels.push((
+            "RSS per idle websocket (lower is better)".to_owned(),
+            ws_mem,
         ));
     }
 

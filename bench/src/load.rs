@@ -105,11 +105,12 @@ impl Running {
         wait_bounded(&mut self.child, self.deadline)?;
         let text = fs::read_to_string(&self.out).map_err(|e| format!("read wrk output: {e}"))?;
         let _ = fs::remove_file(&self.out);
-        parse_wrk(&text).ok_or_else(|| format!("could not parse wrk output:\n{text}"))
+        parse_summary(&text).ok_or_else(|| format!("could not parse wrk output:\n{text}"))
     }
 }
 
-fn wait_bounded(child: &mut Child, deadline: Instant) -> Result<(), String> {
+/// Waits for a load generator, killing it past `deadline`.
+pub fn wait_bounded(child: &mut Child, deadline: Instant) -> Result<(), String> {
     loop {
         match child.try_wait() {
             Ok(Some(_)) => return Ok(()),
@@ -124,7 +125,9 @@ fn wait_bounded(child: &mut Child, deadline: Instant) -> Result<(), String> {
     }
 }
 
-fn parse_wrk(text: &str) -> Option<LoadResult> {
+/// The `AMPHI_BENCH requests duration_us p50_us p99_us errors` line that the wrk script and
+/// the websocket client print.
+pub fn parse_summary(text: &str) -> Option<LoadResult> {
     let line = text.lines().find(|l| l.starts_with("AMPHI_BENCH "))?;
     let nums: Vec<f64> = line
         .split_whitespace()
@@ -294,8 +297,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_wrk_summary() {
-        let r = parse_wrk("Running 1s test\nAMPHI_BENCH 1000 2000000 510 1200 3\n").unwrap();
+    fn parses_summary_line() {
+        let r = parse_summary("Running 1s test\nAMPHI_BENCH 1000 2000000 510 1200 3\n").unwrap();
         assert_eq!(r.requests, 1000);
         assert!((r.rps - 500.0).abs() < 1e-9);
         assert_eq!((r.p50_us, r.p99_us, r.errors), (510.0, 1200.0, 3));

@@ -3,7 +3,8 @@
 //! `cargo run --release --manifest-path bench/Cargo.toml -- all` builds amphi's `mixed` example in
 //! release mode, starts each server on a loopback port, drives it with wrk and h2load, and prints
 //! markdown tables (also written to `bench/target/results.md`) and an SVG chart
-//! (`docs/benchmarks-chart.svg`). `serve NAME` runs one peer server; the runner uses it.
+//! (`docs/benchmarks-chart.svg`). `serve NAME` runs one peer server and `ws-load` the websocket
+//! echo client; the runner starts both as processes of their own.
 //! See docs/benchmarks.md for what each case measures.
 
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ mod probe;
 mod python;
 mod report;
 mod runner;
+mod ws;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -29,14 +31,20 @@ usage:
   amphi-bench serve NAME [--bind ADDR] [--blocking-threads N] [--tls-cert P --tls-key P]
                                        run one peer server (hyper, hyper-blocking, axum,
                                        axum-blocking, actix, astra, hyper-tls)
+  amphi-bench ws-load --addr ADDR [--path /ws] [--conns 64] [--threads 1] [--secs 5] [--bytes 32]
+                                       websocket echo load client (the ws-echo case runs it)
+  amphi-bench ws-hold --addr ADDR [--path /ws] [--sockets 1000] [--secs 5]
+                                       hold idle websockets open (to profile a server meanwhile)
 options for `all`:
   --duration SECS      measured seconds per case (default 5)
   --warmup SECS        warm-up seconds before each case (default 1)
   --rounds N           repeat the whole matrix N times, report the median run (default 1)
   --servers A,B        only these servers (names as in the table)
-  --cases A,B          only these cases: h1-hello,h2-hello,sleep,echo,isolation,memory
+  --cases A,B          only these cases: h1-hello,h2-hello,sleep,echo,ws-echo,isolation,
+                       memory,ws-memory
   --wrk-threads N      wrk/h2load client threads (default 1)
   --idle-conns N       connections held open in the memory case (default 10000)
+  --idle-ws N          websockets held open in the ws-memory case (default 1000)
   --amphi-bin PATH     use this `mixed` binary instead of building it
   --no-amphi           leave amphi out (peers only)
   --with-python        also run a Django app under gunicorn, uvicorn and granian (venv in bench/target)
@@ -46,6 +54,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
+        Some("ws-load") => ws::load_main(&args[1..]),
+        Some("ws-hold") => ws::hold_main(&args[1..]),
         Some("all") => runner::Options::parse(&args[1..]).and_then(runner::run),
         Some("https") => runner::Options::parse(&args[1..]).and_then(|o| https::run(&o)),
         _ => Err(USAGE.to_owned()),

@@ -105,6 +105,8 @@ pub fn targets(scratch: &Path) -> Result<Vec<Target>, String> {
         } else {
             vec![(Case::H2Hello, "no h2c")]
         },
+        ws: false,
+        http: true,
     };
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     Ok(vec![

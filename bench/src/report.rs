@@ -296,7 +296,77 @@ pub fn targets(r: &Results) -> Vec<(String, String, Verdict)> {
             Verdict::NotRun,
         ),
     });
+
+    for (peer, label) in [
+        ("axum", "axum `extract::ws`"),
+        (
+            "axum-ws-tuned",
+            "axum `extract::ws` with amphi's codec buffers",
+        ),
+    ] {
+        let echo = (rps(Case::WsEcho, "amphi-async"), rps(Case::WsEcho, peer));
+        out.push(match echo {
+            (Some(a), Some(x)) => (
+                format!("amphi async websocket echo ≥ 0.9 × {label}"),
+                format!(
+                    "{:.2} × ({} vs {} round trips/s){}",
+                    a / x,
+                    thousands(a),
+                    thousands(x),
+                    per_round(&r.round_ratios(Case::WsEcho, "amphi-async", peer))
+                ),
+                if a >= 0.9 * x {
+                    Verdict::Met
+                } else {
+                    Verdict::Missed
+                },
+            ),
+            _ => (
+                format!("amphi async websocket echo ≥ 0.9 × {label}"),
+                "-".to_owned(),
+                Verdict::NotRun,
+            ),
+        });
+        out.push(match (ws_mem(r, "amphi-async"), ws_mem(r, peer)) {
+            (Some(a), Some(x)) => {
+                let ratio = a.bytes_per_socket() / x.bytes_per_socket().max(1.0);
+                let all_open = a.alive == a.wanted && x.alive == x.wanted;
+                (
+                    format!(
+                        "{} idle websockets (async) cost ≤ 1.2 × {label} (RSS growth per socket)",
+                        thousands(a.wanted as f64)
+                    ),
+                    format!(
+                        "{ratio:.2} × ({:.1} vs {:.1} KiB per socket; RSS {} vs {}; {} and {} open)",
+                        a.bytes_per_socket() / 1024.0,
+                        x.bytes_per_socket() / 1024.0,
+                        mib(a.rss_after_kib),
+                        mib(x.rss_after_kib),
+                        a.alive,
+                        x.alive
+                    ),
+                    if ratio <= 1.2 && all_open {
+                        Verdict::Met
+                    } else {
+                        Verdict::Missed
+                    },
+                )
+            }
+            _ => (
+                format!("idle websockets ≤ 1.2 × {label}'s memory"),
+                "-".to_owned(),
+                Verdict::NotRun,
+            ),
+        });
+    }
     out
+}
+
+fn ws_mem(r: &Results, name: &str) -> Option<crate::ws::WsIdle> {
+    r.ws_memory
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, m)| m.as_ref().ok().copied())
 }
 
 pub fn render(r: &Results) -> String {
@@ -320,8 +390,16 @@ pub fn render(r: &Results) -> String {
             continue;
         }
         let _ = writeln!(s, "\n### {}\n", case.title());
-        let _ = writeln!(s, "| server | requests/s | p50 | p99 | errors | × raw hyper | server CPU per request |\n|---|---:|---:|---:|---:|---:|---:|");
-        let floor = r.cell(case, "hyper").and_then(Result::ok).map(|x| x.rps);
+        let (unit, per, floor_label) = if case.is_ws() {
+            ("round trips/s", "round trip", "axum")
+        } else {
+            ("requests/s", "request", "raw hyper")
+        };
+        let _ = writeln!(s, "| server | {unit} | p50 | p99 | errors | × {floor_label} | server CPU per {per} |\n|---|---:|---:|---:|---:|---:|---:|");
+        let floor = r
+            .cell(case, case.floor())
+            .and_then(Result::ok)
+            .map(|x| x.rps);
         for (name, _, _) in &r.targets {
             match r.cell(case, name) {
                 Some(Ok(LoadResult {
@@ -433,6 +511,55 @@ pub fn render(r: &Results) -> String {
                 }
                 Err(e) => {
                     let _ = writeln!(s, "| {name} | failed: {} | | | | |", e.replace('|', "/"));
+                }
+            }
+        }
+    }
+
+    if !r.ws_memory.is_empty() {
+        let n = r
+            .ws_memory
+            .iter()
+            .find_map(|(_, m)| m.as_ref().ok().map(|m| m.wanted))
+            .unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "\n### Resident memory holding {} idle websockets (a handshake and one echo each)\n",
+            thousands(n as f64)
+        );
+        let _ = writeln!(
+            s,
+            "| server | RSS before | RSS holding them | per socket | sockets open | threads before -> holding | per socket × axum | × axum-ws-tuned |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let floor = ws_mem(r, "axum").map(|m| m.bytes_per_socket());
+        let tuned = ws_mem(r, "axum-ws-tuned").map(|m| m.bytes_per_socket());
+        for (name, m) in &r.ws_memory {
+            match m {
+                Ok(m) => {
+                    let ratio = |f: Option<f64>| {
+                        f.map_or("-".to_owned(), |f| {
+                            format!("{:.2}", m.bytes_per_socket() / f.max(1.0))
+                        })
+                    };
+                    let _ = writeln!(
+                        s,
+                        "| {name} | {} | {} | {:.1} KiB | {} | {} -> {} | {} | {} |",
+                        mib(m.rss_before_kib),
+                        mib(m.rss_after_kib),
+                        m.bytes_per_socket() / 1024.0,
+                        m.alive,
+                        m.threads_before,
+                        m.threads_after,
+                        ratio(floor),
+                        ratio(tuned)
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        s,
+                        "| {name} | failed: {} | | | | | | |",
+                        e.replace('|', "/")
+                    );
                 }
             }
         }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::load::{self, LoadResult, Wrk};
 use crate::probe::{self, IdleMemory, Latency};
+use crate::ws::{self, WsIdle, WsLoad};
 use crate::{chart, peers, python, report};
 
 /// Blocking slots every blocking server gets (tokio's blocking pool cap, astra's workers,
@@ -31,6 +32,11 @@ pub const H2_STREAMS: usize = 4;
 /// Isolation: slow requests that hold every blocking slot (plus a queue behind them).
 pub const HOLDERS: usize = BLOCKING_SLOTS + 64;
 pub const HOLD_MS: u64 = 500;
+/// Websocket echo: connections, each with one small text message in flight.
+pub const WS_CONNS: usize = 64;
+pub const WS_BYTES: usize = 32;
+/// The ws-memory case: blocking slots for amphi's sync mount, which holds one per socket.
+pub const WS_IDLE_BLOCKING: usize = 1100;
 /// Isolation: the paced probe.
 pub const PROBE_CONNS: usize = 4;
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(4);
@@ -42,10 +48,17 @@ pub enum Case {
     H2Hello,
     Sleep,
     Echo,
+    WsEcho,
 }
 
 impl Case {
-    pub const ALL: [Case; 4] = [Case::H1Hello, Case::H2Hello, Case::Sleep, Case::Echo];
+    pub const ALL: [Case; 5] = [
+        Case::H1Hello,
+        Case::H2Hello,
+        Case::Sleep,
+        Case::Echo,
+        Case::WsEcho,
+    ];
 
     pub fn key(self) -> &'static str {
         match self {
@@ -53,6 +66,7 @@ impl Case {
             Case::H2Hello => "h2-hello",
             Case::Sleep => "sleep",
             Case::Echo => "echo",
+            Case::WsEcho => "ws-echo",
         }
     }
 
@@ -68,6 +82,10 @@ impl Case {
                 report::thousands(SLEEP_IDEAL_RPS)
             ),
             Case::Echo => format!("POST /echo, 64 KiB body, {CONNS} connections (wrk)"),
+            Case::WsEcho => format!(
+                "websocket echo: {WS_CONNS} connections, one {WS_BYTES}-byte text message in \
+                 flight on each (harness client; round trips/s)"
+            ),
         }
     }
 
@@ -77,6 +95,22 @@ impl Case {
             Case::H2Hello => "hello, HTTP/2",
             Case::Sleep => "10 ms blocking sleep",
             Case::Echo => "64 KiB echo",
+            Case::WsEcho => "websocket echo",
+        }
+    }
+
+    /// Whether the case speaks websocket (only servers with a `/ws` route run it).
+    pub fn is_ws(self) -> bool {
+        self == Case::WsEcho
+    }
+
+    /// The server the case's ratios are taken against: raw hyper for http, axum's
+    /// `extract::ws` for websockets (raw hyper has no websocket).
+    pub fn floor(self) -> &'static str {
+        if self.is_ws() {
+            "axum"
+        } else {
+            "hyper"
         }
     }
 }
@@ -108,6 +142,20 @@ pub struct Target {
     pub start_secs: u64,
     /// Cases this server cannot run, and why (reported as n/a).
     pub unsupported: Vec<(Case, &'static str)>,
+    /// Serves a websocket echo at `{prefix}/ws` (the websocket cases run only these).
+    pub ws: bool,
+    /// Runs the http cases (every target but the websocket-only variant of a peer).
+    pub http: bool,
+}
+
+impl Target {
+    fn runs(&self, case: Case) -> bool {
+        if case.is_ws() {
+            self.ws
+        } else {
+            self.http
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -119,6 +167,7 @@ pub struct Options {
     pub cases: Option<Vec<String>>,
     pub wrk_threads: usize,
     pub idle_conns: usize,
+    pub idle_ws: usize,
     pub amphi_bin: Option<PathBuf>,
     pub no_amphi: bool,
     pub with_python: bool,
@@ -136,6 +185,7 @@ impl Options {
             cases: None,
             wrk_threads: 1,
             idle_conns: 10_000,
+            idle_ws: 1_000,
             amphi_bin: None,
             no_amphi: false,
             with_python: false,
@@ -158,6 +208,7 @@ impl Options {
                 "--cases" => o.cases = Some(list(value()?)),
                 "--wrk-threads" => o.wrk_threads = num(value()?)?.max(1) as usize,
                 "--idle-conns" => o.idle_conns = num(value()?)? as usize,
+                "--idle-ws" => o.idle_ws = num(value()?)?.max(1) as usize,
                 "--amphi-bin" => o.amphi_bin = Some(PathBuf::from(value()?)),
                 "--chart" => o.chart = Some(PathBuf::from(value()?)),
                 "--no-amphi" => o.no_amphi = true,
@@ -202,6 +253,7 @@ pub struct Results {
     pub cases: BTreeMap<(Case, String), Vec<Result<LoadResult, String>>>,
     pub isolation: Option<Result<Isolation, String>>,
     pub memory: Vec<(String, Result<IdleMemory, String>)>,
+    pub ws_memory: Vec<(String, Result<WsIdle, String>)>,
     pub options: String,
     pub skipped: Vec<String>,
     /// Where amphi's binary came from.
@@ -289,12 +341,15 @@ pub fn run(opts: Options) -> Result<(), String> {
     if !cases.is_empty() {
         for round in 0..opts.rounds {
             for &target in &targets {
+                if !cases.iter().any(|&c| target.runs(c)) {
+                    continue;
+                }
                 eprintln!("[round {}/{}] {}", round + 1, opts.rounds, target.name);
                 let server = match Server::start(target, &scratch) {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!("  start failed: {e}");
-                        for case in &cases {
+                        for case in cases.iter().filter(|&&c| target.runs(c)) {
                             results
                                 .cases
                                 .entry((*case, target.name.clone()))
@@ -304,7 +359,7 @@ pub fn run(opts: Options) -> Result<(), String> {
                         continue;
                     }
                 };
-                for &case in &cases {
+                for &case in cases.iter().filter(|&&c| target.runs(c)) {
                     let r = run_case(case, target, &server, &opts, &scratch);
                     match &r {
                         Ok(r) => eprintln!(
@@ -373,6 +428,35 @@ pub fn run(opts: Options) -> Result<(), String> {
         }
     }
 
+    if opts.wants_case("ws-memory") {
+        for target in all_targets.iter().filter(|t| {
+            matches!(
+                t.name.as_str(),
+                "axum" | "axum-ws-tuned" | "amphi-async" | "amphi-sync"
+            )
+        }) {
+            eprintln!(
+                "ws-memory: {} holding {} idle websockets",
+                target.name, opts.idle_ws
+            );
+            let r = ws_memory(target, &opts, &scratch);
+            match &r {
+                Ok(m) => eprintln!(
+                    "  rss {} KiB -> {} KiB, threads {} -> {}, {} of {} sockets open ({:.0} bytes per socket)",
+                    m.rss_before_kib,
+                    m.rss_after_kib,
+                    m.threads_before,
+                    m.threads_after,
+                    m.alive,
+                    m.wanted,
+                    m.bytes_per_socket()
+                ),
+                Err(e) => eprintln!("  failed: {e}"),
+            }
+            results.ws_memory.push((target.name.clone(), r));
+        }
+    }
+
     let markdown = report::render(&results);
     println!("{markdown}");
     let md_path = scratch.join("results.md");
@@ -425,6 +509,15 @@ fn run_case(
                 wrk(&format!("/sleep?ms={SLEEP_MS}"), SLEEP_CONNS, None, secs).run(scratch)
             }
             Case::Echo => wrk("/echo", CONNS, Some(ECHO_BYTES), secs).run(scratch),
+            Case::WsEcho => WsLoad {
+                addr: server.addr,
+                path: format!("{}/ws", target.prefix),
+                conns: WS_CONNS,
+                threads: opts.wrk_threads,
+                secs,
+                bytes: WS_BYTES,
+            }
+            .run(scratch),
         }
     };
     if opts.warmup > 0 {
@@ -437,6 +530,31 @@ fn run_case(
         result.cpu_us_per_req = Some(cpu as f64 / result.requests as f64);
     }
     Ok(result)
+}
+
+/// The ws-memory case for one server: a fresh process, `--idle-ws` idle websockets.
+fn ws_memory(target: &Target, opts: &Options, scratch: &Path) -> Result<WsIdle, String> {
+    let mut target = target.clone();
+    if target.name == "amphi-sync" {
+        // A blocking websocket holds a blocking slot (a thread) for as long as it is open.
+        let slots = WS_IDLE_BLOCKING.max(opts.idle_ws + 64).to_string();
+        if let Some(i) = target.args.iter().position(|a| a == "--blocking-threads") {
+            if let Some(v) = target.args.get_mut(i + 1) {
+                *v = slots;
+            }
+        }
+    }
+    let server = Server::start(&target, scratch)?;
+    // Let the readiness probe's connection go and the runtime settle before the baseline.
+    std::thread::sleep(Duration::from_millis(500));
+    ws::hold_idle(
+        server.addr,
+        &format!("{}/ws", target.prefix),
+        server.pid(),
+        opts.idle_ws,
+        100,
+        Duration::from_secs(2),
+    )
 }
 
 fn isolation(amphi: &Target, opts: &Options, scratch: &Path) -> Result<Isolation, String> {
@@ -494,7 +612,7 @@ fn targets(opts: &Options, skipped: &mut Vec<String>) -> Result<Vec<Target>, Str
         match name {
             "hyper" => "raw hyper 1 + hyper-util auto builder, handlers inline (the floor)",
             "hyper-blocking" => "raw hyper + a hand-written spawn_blocking per request",
-            "axum" => "axum 0.8, async handlers",
+            "axum" => "axum 0.8, async handlers; `/ws` on `extract::ws` (tokio-tungstenite 0.29)",
             "axum-blocking" => "axum 0.8, every handler in spawn_blocking",
             "actix" => "actix-web 4, every handler in web::block",
             "astra" => "astra 0.4: blocking server on hyper, a worker thread per connection",
@@ -531,13 +649,29 @@ fn targets(opts: &Options, skipped: &mut Vec<String>) -> Result<Vec<Target>, Str
             } else {
                 Vec::new()
             },
+            ws: name == "axum",
+            http: true,
         });
+    }
+    // The same axum process's `/tuned/ws`: amphi's codec buffers (4 KiB read buffer, no write
+    // buffering), so the websocket cases also compare like with like.
+    if let Some(axum) = out.iter().find(|t| t.name == "axum") {
+        let mut tuned = axum.clone();
+        tuned.name = "axum-ws-tuned".to_owned();
+        tuned.what =
+            "the axum peer's `/tuned/ws`: `extract::ws` with amphi's codec buffers (4 KiB read, \
+             no write buffering); websocket cases only"
+                .to_owned();
+        tuned.prefix = "/tuned".to_owned();
+        tuned.http = false;
+        out.push(tuned);
     }
     let want_amphi = !opts.no_amphi
         && (opts.wants_server("amphi-async")
             || opts.wants_server("amphi-sync")
             || opts.wants_case("isolation")
-            || opts.wants_case("memory"));
+            || opts.wants_case("memory")
+            || opts.wants_case("ws-memory"));
     if want_amphi {
         match amphi_binary(opts) {
             Ok(bin) => {
@@ -572,6 +706,8 @@ fn targets(opts: &Options, skipped: &mut Vec<String>) -> Result<Vec<Target>, Str
                         h2: true,
                         start_secs: 30,
                         unsupported: Vec::new(),
+                        ws: true,
+                        http: true,
                     });
                 }
             }
@@ -752,6 +888,7 @@ mod tests {
             cases,
             isolation: None,
             memory: Vec::new(),
+            ws_memory: Vec::new(),
             options: String::new(),
             skipped: Vec::new(),
             amphi: String::new(),

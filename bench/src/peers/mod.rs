@@ -5,6 +5,8 @@
 //!   blocking thread on blocking peers
 //! - `POST /echo` -> 200 with the request body. Async peers stream it straight back; blocking
 //!   peers collect it and hand it to a blocking thread, which is what users of those stacks write.
+//! - `GET /ws` (axum only): a websocket echo on `axum::extract::ws`, against amphi's
+//!   `/async/ws` and `/sync/ws`; `GET /tuned/ws` the same with amphi's codec buffers.
 //!
 //! Every peer prints `listening on http://ADDR` once bound, like amphi's `mixed` example.
 

@@ -69,6 +69,11 @@ impl AccessRecord {
         }
     }
 
+    /// Replaces the URI the record logs (the same URI, held in memory of its own).
+    pub(crate) fn set_uri(&mut self, uri: Uri) {
+        self.uri = uri;
+    }
+
     /// A record that counts nothing and logs nothing: for a request served inside a layered
     /// router, whose outer record does both.
     pub(crate) fn silent(

@@ -158,7 +158,7 @@ impl ConnService {
         route: &crate::app::Route,
         kind: ws::Handshake,
         mut req: Request<Incoming>,
-        record: AccessRecord,
+        mut record: AccessRecord,
         forwarded: Option<Box<Forwarded>>,
     ) -> ResponseFuture {
         let Some(handler) = route.target.clone() else {
@@ -180,6 +180,8 @@ impl ConnService {
         let (mut parts, _body) = req.into_parts();
         // One method for the scope whatever carried the handshake (HTTP/2 uses CONNECT).
         parts.method = http::Method::GET;
+        detach(&mut parts);
+        record.set_uri(parts.uri.clone());
         let info = self.info(route, &mut parts, true, forwarded);
         let scope = HttpScope::from_parts(parts, info, Context::new(), self.app.state.clone());
         let context = scope.context().clone();
@@ -219,6 +221,30 @@ impl ConnService {
             None => info,
             Some(origin) => origin.apply(info, parts, prefix_path, forwarded),
         }
+    }
+}
+
+/// Copies the request head's header values and URI out of hyper's read buffer. hyper parses
+/// them as slices of that buffer (8-16 KiB), so a websocket's scope and access record, which
+/// live as long as its session, would otherwise keep the whole buffer alive for each socket.
+fn detach(parts: &mut http::request::Parts) {
+    let headers = std::mem::take(&mut parts.headers);
+    parts.headers = headers
+        .into_iter()
+        .scan(None, |name, (next, value)| {
+            // `into_iter` names only the first of a header's values.
+            if next.is_some() {
+                *name = next;
+            }
+            let mut copied =
+                http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+            copied.set_sensitive(value.is_sensitive());
+            Some(name.clone().map(|n| (n, copied)))
+        })
+        .flatten()
+        .collect();
+    if let Ok(uri) = parts.uri.to_string().parse::<http::Uri>() {
+        parts.uri = uri;
     }
 }
 

@@ -13,14 +13,15 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context as TaskContext, Poll, Waker};
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::time::Duration;
 
 use amphi_core::plumbing::{SharedEventSource, SharedMessageSink};
 use amphi_core::{Error, ErrorKind, Event, Message, WebSocketData};
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
 use http::header::{
     HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
@@ -334,6 +335,13 @@ struct State {
     closed: Option<(u16, String)>,
     /// The session task, whenever the handler or the socket has something for it.
     task_waker: Option<Waker>,
+    /// The session task's waker while the task is being polled. A wake-up for the task then
+    /// is only a note (`nudged`) that its poll loop reads before it returns: the handler runs
+    /// in that loop, so each message the handler takes or sends would otherwise send the task
+    /// through the scheduler once more.
+    polling: Option<Waker>,
+    /// Something changed during the task's poll: it goes round its loop again.
+    nudged: bool,
 }
 
 enum Out {
@@ -353,6 +361,8 @@ impl Session {
                 outbound: VecDeque::new(),
                 closed: None,
                 task_waker: None,
+                polling: None,
+                nudged: false,
             }),
         })
     }
@@ -365,8 +375,16 @@ impl Session {
 
 impl State {
     fn wake_task(&mut self) {
-        if let Some(w) = self.task_waker.take() {
-            w.wake();
+        let Some(own) = &self.polling else {
+            if let Some(w) = self.task_waker.take() {
+                w.wake();
+            }
+            return;
+        };
+        match self.task_waker.take() {
+            // Another task waits (a handler that polls its `receive` elsewhere): wake it.
+            Some(w) if !w.will_wake(own) => w.wake(),
+            _ => self.nudged = true,
         }
     }
 
@@ -669,6 +687,10 @@ fn run(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let session = driver.exchange.clone();
+        let driver_session = session.clone();
+        // Told apart from the future below with a version check, so the future is polled only
+        // when there is news (it stays registered for the wake-up in between).
+        let shutdown_news = going_away.clone();
         let mut shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             // A server that went away without saying so is going away too.
             let _ = going_away.wait_for(|gone| *gone).await;
@@ -677,7 +699,7 @@ fn run(
         let mut pump: Option<Pump> = None;
         let mut starting: Option<Pin<Box<dyn Future<Output = Option<Socket>> + Send>>> = None;
         let mut bytes: u64 = 0;
-        let outcome = std::future::poll_fn(|cx| loop {
+        let mut step = |cx: &mut TaskContext<'_>| loop {
             let mut progressed = false;
             // The handler.
             if driver.is_running() {
@@ -725,7 +747,7 @@ fn run(
             }
             // The socket.
             if let Some(p) = pump.as_mut() {
-                match p.poll(&session, &mut shutdown, &mut bytes, cx) {
+                match p.poll(&session, (&shutdown_news, &mut shutdown), &mut bytes, cx) {
                     Poll::Ready(()) => {
                         if !driver.is_running() {
                             return Poll::Ready(Outcome::Complete);
@@ -749,9 +771,26 @@ fn run(
                 return Poll::Ready(Outcome::Complete);
             }
             if !progressed {
-                session.lock().task_waker = Some(cx.waker().clone());
+                let mut s = session.lock();
+                if std::mem::take(&mut s.nudged) {
+                    continue;
+                }
+                s.polling = None;
+                s.task_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
+        };
+        let outcome = std::future::poll_fn(|cx| {
+            {
+                let mut s = driver_session.lock();
+                s.polling = Some(cx.waker().clone());
+                s.nudged = false;
+            }
+            let polled = step(cx);
+            if polled.is_ready() {
+                driver_session.lock().polling = None;
+            }
+            polled
         })
         .await;
         let record = record_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -823,6 +862,35 @@ struct Pump {
     dirty: bool,
     /// Told to go away already.
     told: bool,
+    /// The shutdown future was polled (and so waits registered).
+    shutdown_polled: bool,
+    /// `timer` was polled at its deadline (and so wakes the task then).
+    timer_armed: bool,
+    /// Whether reading the socket may find something; see [`Readable`].
+    readable: Arc<Readable>,
+    /// `readable` as the waker the socket's reads register.
+    read_waker: Waker,
+}
+
+/// Remembers that the socket may have something to read: set when a read returned something
+/// (more may be buffered) and when the connection wakes the read it left waiting. The pump
+/// reads only then, not on every poll of the session task (the handler's messages wake it
+/// too): each read attempt costs the codec a clear of its read buffer (tungstenite zero-fills
+/// it up to its capacity before reading), and the session task runs a few times per message.
+struct Readable {
+    ready: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Readable {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 /// How long a socket has to answer a close frame before it is dropped.
@@ -831,7 +899,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 impl Pump {
     fn new(socket: Socket, limits: WebSocketLimits) -> Pump {
         let now = Instant::now();
+        // Nothing read yet: bytes that came with the handshake may be waiting.
+        let readable = Arc::new(Readable {
+            ready: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
         Pump {
+            read_waker: Waker::from(readable.clone()),
+            readable,
             socket,
             limits,
             closing: None,
@@ -840,6 +915,8 @@ impl Pump {
             timer: Box::pin(tokio::time::sleep_until(now + Duration::from_secs(3600))),
             dirty: false,
             told: false,
+            shutdown_polled: false,
+            timer_armed: false,
         }
     }
 
@@ -847,11 +924,17 @@ impl Pump {
     fn poll(
         &mut self,
         session: &Session,
-        shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
+        (news, shutdown): (
+            &watch::Receiver<bool>,
+            &mut Pin<Box<dyn Future<Output = ()> + Send>>,
+        ),
         bytes: &mut u64,
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
-        if !self.told && shutdown.as_mut().poll(cx).is_ready() {
+        // Polled once to register, then when the signal moved (or its sender is gone).
+        let due = !self.shutdown_polled || news.has_changed().unwrap_or(true);
+        self.shutdown_polled |= due;
+        if !self.told && due && shutdown.as_mut().poll(cx).is_ready() {
             self.told = true;
             let mut s = session.lock();
             s.outbound.clear();
@@ -910,8 +993,13 @@ impl Pump {
             }
             // In: frames from the client, while the handler has room for them.
             let room = session.lock().inbound.len() < self.limits.queue;
-            if room {
-                match Pin::new(&mut self.socket).poll_next(cx) {
+            if room && self.may_read(cx) {
+                let polled = Pin::new(&mut self.socket)
+                    .poll_next(&mut TaskContext::from_waker(&self.read_waker));
+                if polled.is_ready() {
+                    self.readable.ready.store(true, Ordering::Relaxed);
+                }
+                match polled {
                     Poll::Pending => {}
                     Poll::Ready(None) => return self.gone_with(session, 1006, ""),
                     Poll::Ready(Some(Err(e))) => return self.failed(session, &e, cx),
@@ -985,15 +1073,33 @@ impl Pump {
         } else {
             None
         };
+        // Each message moves the ping's deadline later: the timer stays armed at the earlier
+        // one (it wakes the task once, early, and is armed again then) rather than being reset
+        // for every message.
         if let Some(at) = deadline {
-            if self.timer.deadline() != at {
-                self.timer.as_mut().reset(at);
-            }
-            if self.timer.as_mut().poll(cx).is_ready() {
-                cx.waker().wake_by_ref();
+            if !self.timer_armed || at < self.timer.deadline() || self.timer.is_elapsed() {
+                self.timer_armed = true;
+                if self.timer.deadline() != at {
+                    self.timer.as_mut().reset(at);
+                }
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                }
             }
         }
         Poll::Pending
+    }
+
+    /// Whether to read the socket now; when not, a wake-up of the read it left waiting sets
+    /// [`Readable`] and wakes the task. The task's waker is registered before each read, so
+    /// the wake-up of the read it leaves waiting finds it (the session is a task of its own,
+    /// whose waker stays the same from poll to poll).
+    fn may_read(&self, cx: &TaskContext<'_>) -> bool {
+        if !self.readable.ready.swap(false, Ordering::Acquire) {
+            return false;
+        }
+        self.readable.task.register(cx.waker());
+        true
     }
 
     /// The socket failed: close it with the code the failure calls for (and go on until the
