@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amphi::prelude::*;
+use amphi::server::metrics::Metrics;
 use amphi::BoxFuture;
 use bytes::Bytes;
 use clap::error::{ContextKind, ContextValue};
@@ -52,6 +53,8 @@ pub(crate) struct Options {
     pub(crate) trusted_proxies: amphi::server::TrustedProxies,
     /// `--root-path PREFIX`
     pub(crate) root_path: Option<String>,
+    /// `--no-metrics`
+    pub(crate) no_metrics: bool,
 }
 
 /// The command line, as clap reads it: durations in whole milliseconds, each default from the
@@ -68,7 +71,7 @@ pub(crate) struct Options {
                       [--queue-timeout-ms MS] [--max-body BYTES] [--header-timeout-ms MS] \
                       [--grace-ms MS] [--drain-delay-ms MS] [--workers N [--max-requests N] \
                       [--max-requests-jitter N] [--max-lifetime-secs SECS] [--max-rss-mb MB] \
-                      [--heartbeat-timeout-ms MS]]"
+                      [--heartbeat-timeout-ms MS]] [--no-metrics]"
 )]
 struct Flags {
     /// The address to listen on (port 0: any free port; the chosen one is printed)
@@ -142,6 +145,9 @@ struct Flags {
     /// How long to keep accepting after SIGTERM while /healthz answers 503, before draining
     #[arg(long, value_name = "MS", default_value_t = millis(amphi::server::DEFAULT_DRAIN_DELAY))]
     drain_delay_ms: u64,
+    /// Serve without metrics, request spans and x-request-id (and without /metrics and /_amphi/report)
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 fn trusted_proxies(value: &str) -> Result<amphi::server::TrustedProxies, String> {
@@ -219,16 +225,26 @@ impl Options {
             tls_client_ca: flags.tls_client_ca,
             trusted_proxies: flags.trusted_proxies.unwrap_or_default(),
             root_path: flags.root_path,
+            no_metrics: flags.no_metrics,
         })
     }
 
-    /// The server these options describe, serving [`router`].
+    /// The server these options describe, serving [`router`]; unless `--no-metrics`, with
+    /// metrics and request spans, and `/metrics` (Prometheus) and `/_amphi/report` (the
+    /// migration report) mounted.
     pub(crate) fn server(&self) -> Server {
         let state = State::new();
         if self.fail_startup {
             state.insert(FailStartup);
         }
-        let mut server = Server::new(router())
+        let metrics = (!self.no_metrics).then(Metrics::new);
+        let router = match &metrics {
+            Some(m) => router()
+                .mount_async("/metrics", m.handler())
+                .mount_async("/_amphi/report", m.report_handler()),
+            None => router(),
+        };
+        let mut server = Server::new(router)
             .state(state)
             .blocking_threads(self.blocking_threads)
             .queue_timeout(self.queue_timeout)
@@ -251,7 +267,10 @@ impl Options {
         if let Some(w) = &self.workers {
             server = server.workers(w.clone());
         }
-        server
+        match &metrics {
+            Some(m) => server.metrics(m).request_spans(true),
+            None => server,
+        }
     }
 }
 

@@ -12,7 +12,12 @@
 //! the certificate), behind a proxy (`--trusted-proxies LIST`, `--root-path PREFIX`), limits
 //! (`--blocking-threads N`, `--queue-timeout-ms MS`, `--max-body BYTES`, `--header-timeout-ms
 //! MS`, 0 disables it) and shutdown (`--grace-ms MS`, `--drain-delay-ms MS`); `--help` says
-//! what each means and its default. `/healthz` answers 200, and 503 once draining.
+//! what each means and its default. `/healthz` answers 200, and 503 once draining. Worker
+//! processes: `--workers N` with `--max-requests N`, `--max-requests-jitter N`,
+//! `--max-lifetime-secs SECS`, `--max-rss-mb MB`, `--heartbeat-timeout-ms MS`. Unless
+//! `--no-metrics`, it counts every request (Prometheus text at `/metrics`, the migration report
+//! at `/_amphi/report`, its JSON with `?format=json`) and gives each one a `tracing` span and
+//! an `x-request-id`.
 //!
 //! The first line on stdout says where it listens: `listening on http://ADDR` (`https://`
 //! with TLS) or `listening on unix:PATH`. Logs go to stderr (`RUST_LOG` sets the filter; the
@@ -78,14 +83,24 @@ fn main() -> ExitCode {
             (None, Some(path)) => server.bind_unix(path).await?,
             (None, None) => server.bind(opts.bind.as_str()).await?,
         };
+        // Installed before anyone learns the address: a SIGTERM sent at once still drains.
+        let stop = amphi::server::shutdown_signal();
         // Workers (`--workers N`) run this same main; only the supervisor says where it listens.
         match (serving.local_addr(), &opts.uds) {
             _ if amphi::server::is_worker() => {}
-            (Some(addr), _) => println!("listening on {scheme}://{addr}"),
+            (Some(addr), _) => {
+                println!("listening on {scheme}://{addr}");
+                if !opts.no_metrics {
+                    // On stderr: stdout is one line, and whoever reads it may close it after.
+                    eprintln!(
+                        "metrics at {scheme}://{addr}/metrics, migration report at {scheme}://{addr}/_amphi/report"
+                    );
+                }
+            }
             (None, Some(path)) => println!("listening on unix:{}", path.display()),
             (None, None) => println!("listening on an inherited unix socket"),
         }
-        serving.run_until(amphi::server::shutdown_signal()).await
+        serving.run_until(stop).await
     });
     // Blocking handlers cannot be aborted: give those that ignore cancellation the grace
     // period, then exit without them.

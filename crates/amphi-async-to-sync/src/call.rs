@@ -4,6 +4,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
+use std::time::Instant;
+
+use amphi_core::plumbing::{observer, Crossing};
 use amphi_core::Error;
 
 use crate::frame::{block_on_drive, lend, Drive};
@@ -37,7 +40,9 @@ use crate::frame::{block_on_drive, lend, Drive};
 ///
 /// The future runs with a child of the caller's request [`Context`](amphi_core::Context)
 /// entered (values shared both ways, cancellation of the request visible inside) and with
-/// the caller's `tracing` span entered. A caller with no current context gets none made up:
+/// the caller's `tracing` span entered; when its request's server keeps metrics (an
+/// [`Observer`](amphi_core::plumbing::Observer) in the context), the call reports how long
+/// it blocked. A caller with no current context gets none made up:
 /// there would be no values to carry and nobody to cancel it, and this thread's
 /// [`ThreadSensitive`](amphi_core::ThreadSensitive) loan is found without one (a spawned
 /// task should capture `ThreadSensitive::current()` before it is spawned).
@@ -79,13 +84,23 @@ use crate::frame::{block_on_drive, lend, Drive};
 pub fn async_to_sync<F: Future>(future: F) -> Result<F::Output, Error> {
     let (loan, context) = lend();
     let span = tracing::Span::current();
+    // The request's observer, if its server keeps metrics: told how long this thread waited
+    // for the future. Without one, no clock is read.
+    let timed = context
+        .as_ref()
+        .and_then(observer)
+        .map(|o| (o.clone(), Instant::now()));
     let mut future = std::pin::pin!(future);
-    block_on_drive(
+    let result = block_on_drive(
         &mut PinnedFuture(future.as_mut()),
         context.as_ref(),
         &span,
         &loan,
-    )
+    );
+    if let Some((o, since)) = timed {
+        o.crossed(Crossing::AsyncToSync, since.elapsed());
+    }
+    result
 }
 
 struct PinnedFuture<'a, F>(Pin<&'a mut F>);

@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::context::TypedMap;
+use crate::observe::Observer;
 use crate::park::ThreadWaker;
 
 /// A flag that flips from "running" to "cancelled" once, and never back.
@@ -65,6 +66,10 @@ struct Node {
     /// taken from the context live on (a value holding such a token would otherwise keep
     /// itself alive).
     contexts: AtomicUsize,
+    /// For a node that owns values: what the request's crossings report to (see
+    /// [`Observer`]); set only by [`observed_context`](crate::plumbing::observed_context).
+    /// It lives with the values, so every context that shares them finds it.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 #[derive(Default)]
@@ -97,6 +102,15 @@ impl CancellationToken {
         CancellationToken::with_node(None, Some(TypedMap::default()), 1)
     }
 
+    /// The token of a new [`Context`](crate::Context) whose crossings report to `observer`.
+    pub(crate) fn for_observed_context(observer: Arc<dyn Observer>) -> CancellationToken {
+        let mut token = CancellationToken::for_context();
+        if let Some(node) = Arc::get_mut(&mut token.node) {
+            node.observer = Some(observer);
+        }
+        token
+    }
+
     /// A token that is cancelled when `self` is, and can be cancelled alone.
     pub fn child(&self) -> CancellationToken {
         CancellationToken::with_node(Some(self.node.clone()), Some(TypedMap::default()), 0)
@@ -122,6 +136,7 @@ impl CancellationToken {
                 waiters: Mutex::new(Waiters::default()),
                 values,
                 contexts: AtomicUsize::new(contexts),
+                observer: None,
             }),
         }
     }
@@ -142,6 +157,11 @@ impl CancellationToken {
             .values
             .as_ref()
             .expect("values_node owns values")
+    }
+
+    /// The observer of the context whose values this token carries.
+    pub(crate) fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.values_node().observer.as_ref()
     }
 
     /// A context handle using this token's values was cloned.

@@ -125,6 +125,20 @@ impl Context {
         Context::default()
     }
 
+    /// A fresh context whose crossings report to `observer`: see
+    /// [`plumbing::observed_context`](crate::plumbing::observed_context).
+    pub(crate) fn observed(observer: std::sync::Arc<dyn crate::plumbing::Observer>) -> Context {
+        Context {
+            token: CancellationToken::for_observed_context(observer),
+        }
+    }
+
+    /// The observer of this context's request: see
+    /// [`plumbing::observer`](crate::plumbing::observer).
+    pub(crate) fn observer(&self) -> Option<&std::sync::Arc<dyn crate::plumbing::Observer>> {
+        self.token.observer()
+    }
+
     /// Stores `value`, returning the value of the same type it replaced.
     pub fn insert<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
         self.token.values().insert(value)
@@ -209,6 +223,10 @@ impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
             .field("values", &self.len())
+            .field(
+                "observer",
+                &self.observer().map(|_| crate::observe::Present),
+            )
             .field("token", &self.token)
             .finish()
     }

@@ -40,6 +40,7 @@ mod context;
 mod error;
 mod info;
 mod into_response;
+mod observe;
 mod park;
 pub mod plumbing;
 mod request_ext;

@@ -17,7 +17,11 @@
 //! - Handler failures carried by a response: a handler returns an [`Error`](crate::Error) as
 //!   an [`IntoResponse`](crate::IntoResponse) value, and whoever runs it takes the error back
 //!   out with [`take_handler_error`] to fail as the handler meant.
+//! - What a request's crossings report: a server puts an [`Observer`] into the request's
+//!   context ([`observed_context`]); the adapters find it ([`observer`]) and say when a
+//!   [`Crossing`] ended and how long it ran, or how long it waited for a pool slot.
 
 pub use crate::asgi::{EventSource, MessageSink, SharedEventSource, SharedMessageSink};
 pub use crate::into_response::take_handler_error;
+pub use crate::observe::{observed_context, observer, Crossing, Observer};
 pub use crate::thread_sensitive::{Job, LentGuard, LentThread};

@@ -41,6 +41,13 @@ pub(crate) struct AccessRecord {
     pub(crate) status: Option<StatusCode>,
     pub(crate) bytes: u64,
     pub(crate) outcome: Outcome,
+    /// The request's span (`Server::request_spans`), current while the log line is written,
+    /// so the line carries the request id.
+    span: crate::observe::RequestSpan,
+    /// The index of the route's counters (`Counters::route_stats`), when the server keeps
+    /// metrics.
+    #[cfg(feature = "metrics")]
+    stats: Option<u32>,
 }
 
 impl AccessRecord {
@@ -66,6 +73,9 @@ impl AccessRecord {
             status: None,
             bytes: 0,
             outcome: Outcome::Running,
+            span: crate::observe::RequestSpan::default(),
+            #[cfg(feature = "metrics")]
+            stats: None,
         }
     }
 
@@ -93,7 +103,29 @@ impl AccessRecord {
             status: None,
             bytes: 0,
             outcome: Outcome::Running,
+            span: crate::observe::RequestSpan::default(),
+            #[cfg(feature = "metrics")]
+            stats: None,
         }
+    }
+
+    /// The request's span, entered while the log line is written.
+    pub(crate) fn set_span(&mut self, span: crate::observe::RequestSpan) {
+        self.span = span;
+    }
+
+    /// Counts the request into `stats` when it ends (a record that logs nothing counts
+    /// nothing either: the outer request of a layered router does both).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn set_stats(&mut self, stats: Option<u32>) {
+        if self.conn.is_none() || stats.is_none() {
+            return;
+        }
+        // The duration needs both ends, whether or not the log line is written.
+        if self.started.is_none() {
+            self.started = Some(Instant::now());
+        }
+        self.stats = stats;
     }
 
     pub(crate) fn path(&self) -> &str {
@@ -119,6 +151,16 @@ impl Drop for AccessRecord {
             return;
         };
         let status = self.status.map_or(0, |s| s.as_u16());
+        let cutting = conn.counters.cutting.load(Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(stats) = self
+            .stats
+            .and_then(|i| conn.counters.route_stats.get()?.get(i as usize))
+        {
+            let took = now.saturating_duration_since(started);
+            stats.record(&self.method, status, took, self.outcome, cutting);
+        }
+        let _span = self.span.enter();
         // Computed inside each event, which evaluates its fields only when it is enabled: at
         // `warn`, a complete request's line is off and costs no subtraction.
         let micros = || now.saturating_duration_since(started).as_micros() as u64;
@@ -145,7 +187,7 @@ impl Drop for AccessRecord {
                 method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
                 outcome = "cut", client = %client
             ),
-            Outcome::Running if conn.counters.cutting.load(Ordering::Relaxed) => tracing::warn!(
+            Outcome::Running if cutting => tracing::warn!(
                 target: "amphi::access",
                 method, path, status, bytes = self.bytes, duration_us = micros(), kind, version,
                 outcome = "cut at shutdown", client = %client

@@ -19,6 +19,8 @@ pub(crate) struct App {
     pub(crate) counters: Arc<Counters>,
     /// The server's websocket sessions.
     pub(crate) sessions: Arc<crate::ws::Sessions>,
+    /// Request spans, request ids and metrics: what the server does for each request.
+    pub(crate) observe: crate::observe::Observe,
 }
 
 /// A mounted sync handler, taking one slot of the server's pool per request. Requests whose
@@ -38,6 +40,10 @@ pub(crate) struct Route {
     #[cfg(feature = "tower")]
     pub(crate) service: Option<Arc<dyn crate::mounted::Mounted>>,
     pub(crate) kind: HandlerKind,
+    /// The index of the route's counters in `Counters::route_stats`, when the server keeps
+    /// metrics (`metrics` feature).
+    #[cfg(feature = "metrics")]
+    pub(crate) stats: Option<u32>,
 }
 
 impl Route {
@@ -54,6 +60,17 @@ impl Route {
             #[cfg(feature = "tower")]
             service: None,
             kind,
+            #[cfg(feature = "metrics")]
+            stats: None,
+        }
+    }
+
+    /// The label of this route in spans and metrics: its prefix, `/` for the root.
+    pub(crate) fn label(&self) -> &str {
+        if self.prefix.is_empty() {
+            "/"
+        } else {
+            &self.prefix
         }
     }
 

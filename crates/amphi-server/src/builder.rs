@@ -17,6 +17,7 @@ use crate::exchange::BodyRate;
 use crate::health::ServerStatus;
 use crate::lifespan::Lifespans;
 use crate::listener::{listen_tcp, Listener, ListenerKind};
+use crate::observe::Observe;
 use crate::proxy::TrustedProxies;
 use crate::response_rate::ResponseRate;
 use crate::router::Compile;
@@ -137,6 +138,9 @@ pub struct Server {
     root_path: Option<Arc<str>>,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsConfig>,
+    request_spans: bool,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl fmt::Debug for Server {
@@ -158,7 +162,8 @@ impl fmt::Debug for Server {
             .field("workers", &self.workers)
             .field("reuse_port", &self.reuse_port)
             .field("trusted_proxies", &self.proxies)
-            .field("root_path", &self.root_path);
+            .field("root_path", &self.root_path)
+            .field("request_spans", &self.request_spans);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
         d.finish_non_exhaustive()
@@ -198,6 +203,9 @@ impl Server {
             root_path: None,
             #[cfg(feature = "tls")]
             tls: None,
+            request_spans: false,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 
@@ -231,6 +239,55 @@ impl Server {
     #[must_use]
     pub fn blocking_pool(mut self, pool: BlockingPool) -> Server {
         self.pool = Some(pool);
+        self
+    }
+
+    /// One `tracing` span per request, and an `x-request-id` on every response. Default off.
+    ///
+    /// The span (target `amphi::request`, name `request`, level `INFO`) has the fields
+    /// `method`, `route` (the mount prefix the request resolved to, `/` for the root,
+    /// `unmatched` for none: never the raw path), `kind` (`sync`, `async`, `tower`, `none`) and
+    /// `request_id`. It is entered whenever the handler runs: while an async handler is
+    /// polled, and on the blocking thread of a sync handler; the adapters carry it into
+    /// `sync_to_async` closures and `async_to_sync` futures, so every event a handler logs,
+    /// on either side of the boundary, is inside it, and so is the access log line.
+    ///
+    /// The request id is the client's `x-request-id` when it sends a sane one (1 to 128
+    /// visible ASCII characters), else a new one (this process's random prefix and a counter:
+    /// no random number per request); either way it is the span's `request_id` and is sent back
+    /// as the response's `x-request-id`. Off, neither costs anything; on, a span that no
+    /// subscriber wants (filtered out by level or target) costs a level check.
+    #[must_use]
+    pub fn request_spans(mut self, on: bool) -> Server {
+        self.request_spans = on;
+        self
+    }
+
+    /// Counts every request into `metrics` (feature `metrics`): by route, method, status and
+    /// handler kind, with latency histograms, the time each route spends blocking, its waits
+    /// for a blocking slot and the `503`s, the blocking pool and the connections; see
+    /// [`Metrics`](crate::metrics::Metrics) for the list, and mount its handlers where they
+    /// should be served. Time spent blocking is counted per route (each sync handler's and
+    /// `sync_to_async` call's own time); the pool's total busy time too when it measures it
+    /// ([`BlockingPool::measure_busy_time`], on a pool given with
+    /// [`blocking_pool`](Server::blocking_pool)), which costs two clock reads and two atomic
+    /// adds on counters every blocking thread shares, per call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use amphi_server::metrics::Metrics;
+    /// use amphi_server::{Router, Server};
+    ///
+    /// let metrics = Metrics::new();
+    /// let router = Router::new().mount_async("/metrics", metrics.handler());
+    /// let server = Server::new(router).metrics(&metrics).request_spans(true);
+    /// # let _ = server;
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn metrics(mut self, metrics: &crate::metrics::Metrics) -> Server {
+        self.metrics = Some(metrics.clone());
         self
     }
 
@@ -600,7 +657,8 @@ impl Server {
         });
         let counters = Arc::new(Counters::default());
         let sessions = Arc::new(Sessions::new(self.websockets));
-        let routes = self.router.compile(&Compile {
+        #[allow(unused_mut)] // mutated with the `metrics` feature only
+        let mut routes = self.router.compile(&Compile {
             pool: &pool,
             state: &self.state,
             max_body: self.max_body_bytes,
@@ -608,6 +666,16 @@ impl Server {
             counters: &counters,
             sessions: &sessions,
         })?;
+        #[allow(unused_mut)]
+        let mut observe = Observe {
+            spans: self.request_spans,
+            ..Observe::default()
+        };
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            observe.unmatched =
+                Some(metrics.attach(&mut routes.routes, &pool, &counters, &sessions));
+        }
         let app = Arc::new(App {
             routes,
             state: self.state.clone(),
@@ -615,6 +683,7 @@ impl Server {
             body_rate: self.body_rate,
             counters,
             sessions,
+            observe,
         });
         Ok((app, pool))
     }

@@ -22,6 +22,13 @@ pub(crate) struct Counters {
     pub(crate) cutting: AtomicBool,
     /// Set when shutdown starts, before the drain delay: health answers `503`.
     pub(crate) draining: AtomicBool,
+    /// Connections open now (a tower host's `RouterService` counts as one), for metrics.
+    pub(crate) connections_open: AtomicUsize,
+    /// Connections accepted, for metrics.
+    pub(crate) connections: AtomicU64,
+    /// Every route's counters, by the index its `Route` has, when the server keeps metrics.
+    #[cfg(feature = "metrics")]
+    pub(crate) route_stats: std::sync::OnceLock<Box<[Arc<crate::metrics::RouteStats>]>>,
 }
 
 /// What one connection's requests and its task share.
@@ -39,6 +46,10 @@ pub(crate) struct ConnState {
     pub(crate) h2: AtomicBool,
     /// The peer's address, for the access log (`None`: a unix socket, or unknown).
     pub(crate) peer: Option<std::net::SocketAddr>,
+    /// The observers of this connection's requests, one per route, made as they are first
+    /// needed (`metrics::observer`).
+    #[cfg(feature = "metrics")]
+    pub(crate) observers: std::sync::OnceLock<crate::metrics::ConnObservers>,
 }
 
 impl ConnState {
@@ -46,6 +57,8 @@ impl ConnState {
         counters: Arc<Counters>,
         peer: Option<std::net::SocketAddr>,
     ) -> Arc<ConnState> {
+        counters.connections_open.fetch_add(1, Ordering::Relaxed);
+        counters.connections.fetch_add(1, Ordering::Relaxed);
         Arc::new(ConnState {
             counters,
             peer,
@@ -53,6 +66,8 @@ impl ConnState {
             active: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            #[cfg(feature = "metrics")]
+            observers: std::sync::OnceLock::new(),
         })
     }
 
@@ -87,6 +102,14 @@ impl ConnState {
         }
         let idle = Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
         Some(self.base + idle + timeout)
+    }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        self.counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

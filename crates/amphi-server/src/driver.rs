@@ -18,6 +18,8 @@ pub(crate) struct Driver<X = Arc<Exchange>> {
     context: Context,
     /// Cancels the request's token when the exchange is abandoned before the handler returns.
     guard: Option<DropGuard>,
+    /// The request's span (`Server::request_spans`), entered with the context on each poll.
+    span: crate::observe::RequestSpan,
     pub(crate) exchange: X,
 }
 
@@ -31,8 +33,16 @@ impl<X> Driver<X> {
             fut: Some(fut),
             guard: Some(context.token().clone().drop_guard()),
             context,
+            span: crate::observe::RequestSpan::default(),
             exchange,
         }
+    }
+
+    /// Enters `span` while the handler is polled: events it logs, and the crossings it makes
+    /// (which carry the current span), are inside it.
+    pub(crate) fn with_span(mut self, span: crate::observe::RequestSpan) -> Driver<X> {
+        self.span = span;
+        self
     }
 
     /// Flips the request's cancellation token (the client is gone, the handler runs on).
@@ -53,6 +63,7 @@ impl<X> Driver<X> {
         };
         let polled = {
             let _current = self.context.enter();
+            let _span = self.span.enter();
             catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
         };
         let result = match polled {

@@ -33,7 +33,8 @@
 //! none was sent), `bytes`, `duration_us`, `kind` (`sync`, `async`, or `none` for a 404),
 //! `version`, `outcome` (`complete`, `cut`, `client gone`, `cut at shutdown`) and `client`
 //! (`ip:port`; what a trusted proxy says, see [`Server::trusted_proxies`], the address alone
-//! when it gave no port; `-` over a unix socket).
+//! when it gave no port; `-` over a unix socket), written inside the request's span when
+//! [`Server::request_spans`] is on (so it carries the request id).
 //!
 //! # Deployment
 //!
@@ -43,6 +44,16 @@
 //! ([`Listener`], [`Server::serve_on`]), a health endpoint ([`Health`]) and a drain delay
 //! ([`Server::drain_delay`]): see `docs/deploy.md` in the repository for nginx, systemd and
 //! Kubernetes.
+//!
+//! # Observability
+//!
+//! [`Server::request_spans`] gives every request a `tracing` span (target `amphi::request`:
+//! `method`, `route` (the mount), `kind`, `request_id`) that is current wherever its handler
+//! runs, on both sides of the boundary and through both adapters, and an `x-request-id` on its
+//! response (the client's, when sane). With the `metrics` feature, `Server::metrics` counts
+//! every request into a `metrics::Metrics`, which serves them in the Prometheus text format
+//! and as the migration report: per route, its share of traffic, the time it spends blocking,
+//! its latency, its waits for a blocking slot and its `503`s, and what to move to async next.
 //!
 //! # Examples
 //!
@@ -80,11 +91,17 @@ mod incoming;
 mod interop;
 mod lifespan;
 mod listener;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 #[cfg(feature = "tower")]
 mod mounted;
+mod observe;
 mod origin;
 mod proxy;
 mod reply;
+#[cfg(feature = "metrics")]
+mod report;
 mod response;
 mod response_rate;
 mod router;

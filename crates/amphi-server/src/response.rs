@@ -35,6 +35,9 @@ pub(crate) struct SyncCalling {
     pub(crate) call: HttpCall<Arc<dyn SyncHandler>>,
     pub(crate) record: AccessRecord,
     pub(crate) drain: Option<DrainClock>,
+    /// The request's span, entered on each poll: a call that waited for a slot starts its
+    /// blocking side from a poll, and the blocking side carries the current span.
+    pub(crate) span: crate::observe::RequestSpan,
 }
 
 impl SyncCalling {
@@ -46,7 +49,10 @@ impl SyncCalling {
         &mut self,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Result<Response<Bytes>, (http::response::Parts, HttpBody)>> {
-        let result = std::task::ready!(Pin::new(&mut self.call).poll(cx));
+        let result = {
+            let _span = self.span.enter();
+            std::task::ready!(Pin::new(&mut self.call).poll(cx))
+        };
         Poll::Ready(match result {
             Err(e) => Ok(error_response(&e, false, false)),
             Ok(response) => {
@@ -81,7 +87,7 @@ impl SyncCalling {
             send.send(Message::body(Bytes::new(), false)).await
         });
         Driving {
-            driver: Driver::new(pump, Context::new(), exchange),
+            driver: Driver::new(pump, Context::new(), exchange).with_span(self.span),
             record: self.record,
             drain: self.drain,
         }
@@ -97,6 +103,8 @@ pub(crate) struct ServiceCalling {
     guard: Option<amphi_core::DropGuard>,
     record: AccessRecord,
     drain: Option<DrainClock>,
+    /// The request's span, entered with the context on each poll.
+    span: crate::observe::RequestSpan,
 }
 
 #[cfg(feature = "tower")]
@@ -106,6 +114,7 @@ impl ServiceCalling {
         context: Context,
         record: AccessRecord,
         drain: Option<DrainClock>,
+        span: crate::observe::RequestSpan,
     ) -> ServiceCalling {
         ServiceCalling {
             fut,
@@ -113,6 +122,7 @@ impl ServiceCalling {
             context,
             record,
             drain,
+            span,
         }
     }
 
@@ -124,6 +134,7 @@ impl ServiceCalling {
         use std::panic::{catch_unwind, AssertUnwindSafe};
         let polled = {
             let _current = self.context.enter();
+            let _span = self.span.enter();
             catch_unwind(AssertUnwindSafe(|| self.fut.as_mut().poll(cx)))
         };
         match polled {
@@ -189,6 +200,8 @@ enum Stage {
 /// the response head is known. What `tower::RouterService` returns (`tower` feature).
 pub struct ResponseFuture {
     state: Stage,
+    /// The request's id, put on the response (`Server::request_spans`).
+    request_id: Option<http::HeaderValue>,
 }
 
 impl ResponseFuture {
@@ -196,6 +209,7 @@ impl ResponseFuture {
     pub(crate) fn ready(response: Response<Bytes>, record: AccessRecord) -> ResponseFuture {
         ResponseFuture {
             state: Stage::Ready(Some((response, record))),
+            request_id: None,
         }
     }
 
@@ -203,6 +217,7 @@ impl ResponseFuture {
     pub(crate) fn sync(calling: SyncCalling) -> ResponseFuture {
         ResponseFuture {
             state: Stage::Sync(calling),
+            request_id: None,
         }
     }
 
@@ -210,6 +225,7 @@ impl ResponseFuture {
     pub(crate) fn driving(driving: Driving) -> ResponseFuture {
         ResponseFuture {
             state: Stage::Driving(driving),
+            request_id: None,
         }
     }
 
@@ -217,6 +233,7 @@ impl ResponseFuture {
     pub(crate) fn handshake(handshaking: crate::ws::Handshaking) -> ResponseFuture {
         ResponseFuture {
             state: Stage::Handshake(handshaking),
+            request_id: None,
         }
     }
 
@@ -225,7 +242,15 @@ impl ResponseFuture {
     pub(crate) fn service(calling: ServiceCalling) -> ResponseFuture {
         ResponseFuture {
             state: Stage::Service(calling),
+            request_id: None,
         }
+    }
+}
+
+impl ResponseFuture {
+    /// Puts `id` on the response as its `x-request-id`.
+    pub(crate) fn set_request_id(&mut self, id: Option<http::HeaderValue>) {
+        self.request_id = id;
     }
 }
 
@@ -239,7 +264,25 @@ impl Future for ResponseFuture {
     type Output = Result<Response<ResponseBody>, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
+        let Ok(mut response) = std::task::ready!(self.poll_head(cx));
+        if let Some(id) = self.request_id.take() {
+            response
+                .headers_mut()
+                .insert(crate::observe::X_REQUEST_ID.clone(), id);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+impl ResponseFuture {
+    /// Polls the request until its response head is known. Inlined into `poll`, so the
+    /// response is not moved once more on its way out.
+    #[inline(always)]
+    fn poll_head(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<Response<ResponseBody>, Infallible>> {
+        let this = self;
         let driving = match &mut this.state {
             Stage::Ready(r) => {
                 let (response, record) = r.take().expect("polled after completion");

@@ -408,6 +408,8 @@ impl Router {
             body_rate: ctx.body_rate,
             counters: ctx.counters.clone(),
             sessions: ctx.sessions.clone(),
+            // The outer request does both: its span is current inside, its record counts.
+            observe: crate::observe::Observe::default(),
         });
         let service = crate::interop::Layered::new(app, &self.layers);
         let mut route = Route::new(prefix, None, None, HandlerKind::Service);

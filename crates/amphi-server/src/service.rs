@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use amphi_core::{BlockingBody, Context, HttpScope, Receiver, RequestInfo, Scope, Sender};
+use amphi_core::{BlockingBody, HttpScope, Receiver, RequestInfo, Scope, Sender};
 use http::header::CONTENT_LENGTH;
 use http::uri::Scheme;
 use http::{Request, Response, StatusCode};
@@ -17,6 +17,7 @@ use crate::conn::ConnState;
 use crate::driver::Driver;
 use crate::exchange::{Exchange, IncomingSource};
 use crate::incoming::Incoming;
+use crate::observe::request_context;
 use crate::origin::Origin;
 use crate::proxy::Forwarded;
 use crate::reply::{has, plain, too_large};
@@ -63,6 +64,9 @@ impl ConnService {
             Some(r) => r.kind,
             None => HandlerKind::None,
         };
+        let obs = app
+            .observe
+            .request(req.method(), req.headers(), route, kind);
         let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
         // What a trusted proxy says, read once for the access log and the scope.
         // Boxed, as the access log's client: a plain request carries two null pointers.
@@ -70,13 +74,38 @@ impl ConnService {
             None => None,
             Some(origin) => origin.forwarded(req.headers()).map(Box::new),
         };
-        let record = match &self.conn {
+        let mut record = match &self.conn {
             Some(conn) => {
                 let client = forwarded.as_ref().and_then(|f| f.client).map(Box::new);
                 AccessRecord::new(conn.clone(), method, uri, version, kind, client)
             }
             None => AccessRecord::silent(method, uri, version, kind),
         };
+        if obs.span.is_some() {
+            record.set_span(obs.span.clone());
+        }
+        #[cfg(feature = "metrics")]
+        record.set_stats(match route {
+            Some(r) => r.stats,
+            None => app.observe.unmatched,
+        });
+        let mut future = self.serve(req, route, record, obs.span, forwarded);
+        future.set_request_id(obs.id);
+        future
+    }
+
+    /// Serves a request `route` took (`None`: none did), in `span`. Inlined: the request
+    /// future is built in place, as if `dispatch` were one function.
+    #[inline(always)]
+    fn serve(
+        &self,
+        req: Request<Incoming>,
+        route: Option<&crate::app::Route>,
+        record: AccessRecord,
+        span: crate::observe::RequestSpan,
+        forwarded: Option<Box<Forwarded>>,
+    ) -> ResponseFuture {
+        let app = &self.app;
         let Some(route) = route.filter(|r| !r.is_not_found()) else {
             return ResponseFuture::ready(plain(StatusCode::NOT_FOUND, "not found\n"), record);
         };
@@ -94,7 +123,7 @@ impl ConnService {
                         record,
                     );
                 }
-                kind => return self.websocket(route, kind, req, record, forwarded),
+                kind => return self.websocket(route, kind, req, record, forwarded, span),
             }
         }
         let declared = declared_length(&req);
@@ -109,14 +138,24 @@ impl ConnService {
             .watch
             .as_ref()
             .map(|w| DrainClock::new(w.clone(), cross_task));
+        let context = request_context(route, self.conn.as_deref());
         #[cfg(feature = "tower")]
         if let Some(service) = &route.service {
-            return self.call_mounted(service, &route.prefix, parts, body, info, record, drain);
+            return self.call_mounted(
+                service,
+                &route.prefix,
+                (parts, body),
+                info,
+                context,
+                record,
+                drain,
+                span,
+            );
         }
         let Some(handler) = route.target.as_ref() else {
             unreachable!("a route that is not a 404 has a handler or a service")
         };
-        let scope = HttpScope::from_parts(parts, info, Context::new(), app.state.clone());
+        let scope = HttpScope::from_parts(parts, info, context, app.state.clone());
         if let Some(mount) = route.sync.as_ref().filter(|_| body.is_end_stream()) {
             // The whole body is here (every GET): the blocking handler gets it in hand and
             // answers straight back, without the event protocol.
@@ -124,10 +163,16 @@ impl ConnService {
                 Some(len) => BlockingBody::empty().with_content_length(len),
                 None => BlockingBody::empty(),
             };
+            // Started now when a slot is free: the blocking side carries the current span.
+            let call = {
+                let _span = span.enter();
+                mount.call_http(scope, body)
+            };
             return ResponseFuture::sync(SyncCalling {
-                call: mount.call_http(scope, body),
+                call,
                 record,
                 drain,
+                span,
             });
         }
         let context = scope.context().clone();
@@ -141,7 +186,7 @@ impl ConnService {
             .clone()
             .call_owned(Scope::Http(scope), receive, send);
         ResponseFuture::driving(Driving {
-            driver: Driver::new(fut, context, exchange),
+            driver: Driver::new(fut, context, exchange).with_span(span),
             record,
             drain,
         })
@@ -160,6 +205,7 @@ impl ConnService {
         mut req: Request<Incoming>,
         mut record: AccessRecord,
         forwarded: Option<Box<Forwarded>>,
+        span: crate::observe::RequestSpan,
     ) -> ResponseFuture {
         let Some(handler) = route.target.clone() else {
             unreachable!("a route that is not a 404 or a service has a handler")
@@ -183,7 +229,12 @@ impl ConnService {
         detach(&mut parts);
         record.set_uri(parts.uri.clone());
         let info = self.info(route, &mut parts, true, forwarded);
-        let scope = HttpScope::from_parts(parts, info, Context::new(), self.app.state.clone());
+        let scope = HttpScope::from_parts(
+            parts,
+            info,
+            request_context(route, self.conn.as_deref()),
+            self.app.state.clone(),
+        );
         let context = scope.context().clone();
         let handshaking = ws::start(
             &self.app.sessions,
@@ -193,7 +244,7 @@ impl ConnService {
             move |session| {
                 let (receive, send) = ws::ends(&session);
                 let fut = handler.call_owned(Scope::WebSocket(scope), receive, send);
-                Driver::new(fut, context, session)
+                Driver::new(fut, context, session).with_span(span)
             },
             record,
         );
@@ -283,13 +334,13 @@ impl ConnService {
         &self,
         service: &Arc<dyn crate::mounted::Mounted>,
         prefix: &str,
-        mut parts: http::request::Parts,
-        body: Incoming,
+        (mut parts, body): (http::request::Parts, Incoming),
         info: RequestInfo,
+        context: amphi_core::Context,
         record: AccessRecord,
         drain: Option<DrainClock>,
+        span: crate::observe::RequestSpan,
     ) -> ResponseFuture {
-        let context = Context::new();
         if service.strips_prefix() {
             // A foreign service sees the path below its mount, as under axum's `nest_service`;
             // the mount is in its `RequestInfo`.
@@ -316,7 +367,7 @@ impl ConnService {
         let body = crate::mounted::RequestBody::new(body, self.app.max_body, self.app.body_rate);
         let fut = service.call(Request::from_parts(parts, body));
         ResponseFuture::service(crate::response::ServiceCalling::new(
-            fut, context, record, drain,
+            fut, context, record, drain, span,
         ))
     }
 }

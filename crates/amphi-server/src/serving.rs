@@ -195,15 +195,22 @@ impl Drop for Serving {
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM, for [`Serving::run_until`].
 ///
+/// The handlers are installed when this is called, not when the future is first polled: call
+/// it before telling anyone where the server listens, and a SIGTERM sent the moment they know
+/// still drains the server instead of killing the process.
+///
 /// # Panics
 ///
 /// When the signal handlers cannot be installed (outside a tokio runtime with signals
 /// enabled).
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.expect("installing the SIGINT handler"),
-        _ = term.recv() => {}
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

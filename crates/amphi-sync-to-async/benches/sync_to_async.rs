@@ -114,6 +114,23 @@ where
     })
 }
 
+/// An observer that counts as a server's metrics do: a few relaxed atomic adds.
+#[derive(Default)]
+struct Counting {
+    calls: std::sync::atomic::AtomicU64,
+    nanos: std::sync::atomic::AtomicU64,
+}
+
+impl amphi_core::plumbing::Observer for Counting {
+    fn crossed(&self, _: amphi_core::plumbing::Crossing, ran: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.calls.fetch_add(1, Relaxed);
+        self.nanos.fetch_add(ran.as_nanos() as u64, Relaxed);
+    }
+
+    fn slot_waited(&self, _: Duration, _: bool) {}
+}
+
 fn round_trip(c: &mut Criterion) {
     let rt = runtime();
     let pool = BlockingPool::new(64);
@@ -150,6 +167,29 @@ fn round_trip(c: &mut Criterion) {
             black_box(sync_to_async(|| black_box(1u64)).pool(&pool).await.unwrap());
         },
         baseline,
+    );
+    // What a server with metrics adds to one pooled call: the request context's observer
+    // (a clock read at each end of the closure, two atomic adds) and the pool's busy time
+    // (the same again), against the same call with both off.
+    let timed_pool = BlockingPool::new(64).measure_busy_time(true);
+    let observed = amphi_core::plumbing::observed_context(Arc::new(Counting::default()));
+    let pooled = || async {
+        black_box(sync_to_async(|| black_box(1u64)).pool(&pool).await.unwrap());
+    };
+    against(
+        &mut g,
+        &rt,
+        "observed: sync_to_async(f).pool(&pool).await, against it unobserved",
+        || async {
+            let _current = observed.enter();
+            black_box(
+                sync_to_async(|| black_box(1u64))
+                    .pool(&timed_pool)
+                    .await
+                    .unwrap(),
+            );
+        },
+        pooled,
     );
     against(
         &mut g,

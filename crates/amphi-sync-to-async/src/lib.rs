@@ -57,7 +57,7 @@ mod websocket;
 pub use call::{sync_to_async, SyncCall, SyncCallFuture};
 pub use direct::{HttpBody, HttpCall};
 pub use handler::SyncToAsync;
-pub use pool::{BlockingPool, DEFAULT_QUEUE_TIMEOUT};
+pub use pool::{BlockingPool, PoolStats, DEFAULT_QUEUE_TIMEOUT};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -3,10 +3,12 @@
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use amphi_core::plumbing::Observer;
 use amphi_core::{CancellationToken, Error, ErrorKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -100,13 +102,78 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct BlockingPool {
     semaphore: Arc<Semaphore>,
     lane: Arc<Lane>,
+    counters: Arc<Counters>,
     limit: usize,
     queue_timeout: Duration,
+}
+
+/// What a pool counts for [`BlockingPool::stats`]. The waits are counted on the slow path
+/// only (a call that found a slot free costs nothing here); the busy time only while
+/// [`measure_busy_time`](BlockingPool::measure_busy_time) is on.
+#[derive(Default)]
+struct Counters {
+    waiting: AtomicUsize,
+    waits: AtomicU64,
+    wait_nanos: AtomicU64,
+    saturations: AtomicU64,
+    timing: AtomicBool,
+    timed_calls: AtomicU64,
+    busy_nanos: AtomicU64,
+}
+
+/// What a [`BlockingPool`] has done since it was made: a snapshot from
+/// [`BlockingPool::stats`], for metrics. Every handle to the same slots reports the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// The most calls that run at once ([`BlockingPool::limit`]).
+    pub limit: usize,
+    /// Slots taken right now ([`BlockingPool::in_flight`]).
+    pub in_flight: usize,
+    /// Calls waiting for a slot right now: the queue's depth.
+    pub waiting: usize,
+    /// Calls that had to wait for a slot (every slot was taken when they came).
+    pub waits: u64,
+    /// The time those calls spent waiting, added up.
+    pub wait_time: Duration,
+    /// Calls refused because no slot came free within the queue timeout.
+    pub saturations: u64,
+    /// Calls whose slot time was measured: those that took a slot while
+    /// [`measure_busy_time`](BlockingPool::measure_busy_time) was on.
+    pub timed_calls: u64,
+    /// The time those calls held their slot, added up: time spent blocking.
+    pub busy_time: Duration,
 }
 
 /// One taken slot of a [`BlockingPool`]; released when dropped.
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
+    /// When the slot was taken, while the pool measures busy time.
+    timed: Option<(Instant, Arc<Counters>)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((taken, counters)) = self.timed.take() {
+            counters.timed_calls.fetch_add(1, Ordering::Relaxed);
+            counters
+                .busy_nanos
+                .fetch_add(nanos(taken.elapsed()), Ordering::Relaxed);
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Counts a call as waiting for a slot while it lives.
+struct Waiting<'a>(&'a Counters);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl BlockingPool {
@@ -129,6 +196,7 @@ impl BlockingPool {
         BlockingPool {
             semaphore: Arc::new(Semaphore::new(max_in_flight)),
             lane: Arc::default(),
+            counters: Arc::default(),
             limit: max_in_flight,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
         }
@@ -141,6 +209,50 @@ impl BlockingPool {
     pub fn queue_timeout(mut self, timeout: Duration) -> BlockingPool {
         self.queue_timeout = timeout;
         self
+    }
+
+    /// Measures how long each call holds its slot, for [`stats`](BlockingPool::stats)'s
+    /// busy time (two clock reads per call, and a count), or stops measuring; off by default.
+    /// It applies to every handle to these slots. A server with metrics turns it on.
+    #[must_use]
+    pub fn measure_busy_time(self, on: bool) -> BlockingPool {
+        self.counters.timing.store(on, Ordering::Relaxed);
+        self
+    }
+
+    /// What the pool has done since it was made: slots busy, calls waiting, the waits and
+    /// their time, saturations, and (while [`measure_busy_time`](BlockingPool::measure_busy_time)
+    /// is on) the time spent blocking. Counters only: reading them takes no lock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use amphi_sync_to_async::{sync_to_async, BlockingPool};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let pool = BlockingPool::new(2).measure_busy_time(true);
+    /// sync_to_async(|| std::thread::sleep(std::time::Duration::from_millis(2)))
+    ///     .pool(&pool)
+    ///     .await
+    ///     .unwrap();
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.in_flight, stats.timed_calls, stats.saturations), (0, 1, 0));
+    /// assert!(stats.busy_time >= std::time::Duration::from_millis(2));
+    /// # }
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        let c = &*self.counters;
+        PoolStats {
+            limit: self.limit,
+            in_flight: self.in_flight(),
+            waiting: c.waiting.load(Ordering::Relaxed),
+            waits: c.waits.load(Ordering::Relaxed),
+            wait_time: Duration::from_nanos(c.wait_nanos.load(Ordering::Relaxed)),
+            saturations: c.saturations.load(Ordering::Relaxed),
+            timed_calls: c.timed_calls.load(Ordering::Relaxed),
+            busy_time: Duration::from_nanos(c.busy_nanos.load(Ordering::Relaxed)),
+        }
     }
 
     /// The most calls that run at once.
@@ -163,10 +275,24 @@ impl BlockingPool {
     /// Takes a slot if one is free now.
     pub(crate) fn try_acquire(&self) -> Option<Slot> {
         let permit = self.semaphore.clone().try_acquire_owned().ok()?;
-        Some(Slot { _permit: permit })
+        Some(self.slot(permit))
     }
 
-    /// Takes a slot, waiting up to the queue timeout, for a call that runs under `token`.
+    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
+        let timed = self
+            .counters
+            .timing
+            .load(Ordering::Relaxed)
+            .then(|| (Instant::now(), self.counters.clone()));
+        Slot {
+            _permit: permit,
+            timed,
+        }
+    }
+
+    /// Takes a slot, waiting up to the queue timeout, for a call that runs under `token`. A
+    /// call that has to wait tells `observer` (its request's) how long, and whether it was
+    /// refused.
     ///
     /// # Errors
     ///
@@ -177,15 +303,46 @@ impl BlockingPool {
     /// # Cancellation
     ///
     /// Dropping the future while it waits takes no slot.
-    pub(crate) async fn acquire(&self, token: &CancellationToken) -> Result<Slot, Error> {
-        // The fast path takes no timer: most calls find a slot free. A call whose token has
-        // flipped by now is skipped where its job is taken (see `spawn_blocking_side`).
+    pub(crate) async fn acquire(
+        &self,
+        token: &CancellationToken,
+        observer: Option<&dyn Observer>,
+    ) -> Result<Slot, Error> {
+        // The fast path takes no timer and no clock: most calls find a slot free. A call
+        // whose token has flipped by now is skipped where its job is taken (see
+        // `spawn_blocking_side`).
         if let Some(slot) = self.try_acquire() {
             return Ok(slot);
         }
+        let c = &*self.counters;
         if self.queue_timeout.is_zero() {
+            c.waits.fetch_add(1, Ordering::Relaxed);
+            c.saturations.fetch_add(1, Ordering::Relaxed);
+            if let Some(o) = observer {
+                o.slot_waited(Duration::ZERO, true);
+            }
             return Err(self.saturated());
         }
+        let since = Instant::now();
+        c.waiting.fetch_add(1, Ordering::Relaxed);
+        let waiting = Waiting(c);
+        let result = self.wait(token).await;
+        drop(waiting);
+        let waited = since.elapsed();
+        let saturated = result.as_ref().is_err_and(Error::is_saturated);
+        c.waits.fetch_add(1, Ordering::Relaxed);
+        c.wait_nanos.fetch_add(nanos(waited), Ordering::Relaxed);
+        if saturated {
+            c.saturations.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(o) = observer {
+            o.slot_waited(waited, saturated);
+        }
+        result
+    }
+
+    /// The slow path of [`acquire`](BlockingPool::acquire): every slot was taken.
+    async fn wait(&self, token: &CancellationToken) -> Result<Slot, Error> {
         let mut gone = pin!(token.cancelled());
         let mut permit = pin!(self.semaphore.clone().acquire_owned());
         let mut deadline = pin!(tokio::time::sleep(self.queue_timeout));
@@ -198,7 +355,7 @@ impl BlockingPool {
                 )));
             }
             match permit.as_mut().poll(cx) {
-                Poll::Ready(Ok(permit)) => return Poll::Ready(Ok(Slot { _permit: permit })),
+                Poll::Ready(Ok(permit)) => return Poll::Ready(Ok(self.slot(permit))),
                 // The semaphore is never closed, so an acquire error cannot happen; report it
                 // as saturation rather than panicking if that ever changes.
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(self.saturated())),

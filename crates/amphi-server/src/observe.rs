@@ -1,0 +1,205 @@
+//! What the server does to make each request observable: its `tracing` span, its
+//! `x-request-id`, and (feature `metrics`) the counters it is recorded into.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use amphi_core::Context;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::access::HandlerKind;
+use crate::app::Route;
+use crate::conn::ConnState;
+
+/// The request id header: honoured when the client sends a sane one, else generated; always
+/// returned on the response while request spans are on.
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest request id taken from a client; a longer one is replaced.
+pub(crate) const MAX_REQUEST_ID: usize = 128;
+
+/// The server's observability settings and hooks, one per app.
+#[derive(Default)]
+pub(crate) struct Observe {
+    /// One span per request and an `x-request-id`: `Server::request_spans`.
+    pub(crate) spans: bool,
+    /// The index of the counters of requests no route takes, when the server keeps metrics.
+    #[cfg(feature = "metrics")]
+    pub(crate) unmatched: Option<u32>,
+}
+
+/// What one request carries for observability: its span and its id.
+pub(crate) struct RequestObs {
+    pub(crate) span: RequestSpan,
+    pub(crate) id: Option<HeaderValue>,
+}
+
+/// A request's span, where the request keeps it (its record, its driver): boxed, and only
+/// when a subscriber wants it, so a request without one carries a null pointer and its
+/// futures stay as small as without spans.
+#[derive(Default)]
+pub(crate) struct RequestSpan(Option<Box<tracing::Span>>);
+
+impl RequestSpan {
+    pub(crate) fn new(span: tracing::Span) -> RequestSpan {
+        RequestSpan((!span.is_disabled()).then(|| Box::new(span)))
+    }
+
+    /// Enters the span, if there is one, until the guard drops.
+    pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
+        self.0.as_deref().map(tracing::Span::enter)
+    }
+
+    pub(crate) fn is_some(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Clone for RequestSpan {
+    fn clone(&self) -> RequestSpan {
+        RequestSpan(self.0.clone())
+    }
+}
+
+impl Observe {
+    /// The span and id of a request to `route` (`None`: no route took it), or nothing when
+    /// request spans are off.
+    pub(crate) fn request(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        route: Option<&Route>,
+        kind: HandlerKind,
+    ) -> RequestObs {
+        if !self.spans {
+            return RequestObs {
+                span: RequestSpan::default(),
+                id: None,
+            };
+        }
+        let id = client_id(headers)
+            .filter(|v| is_sane(v.as_bytes()))
+            .cloned()
+            .unwrap_or_else(generate);
+        let route = route.map_or("unmatched", Route::label);
+        // Display fields: `request{method=GET route=/sync ...}` in fmt's output, unquoted.
+        let span = tracing::info_span!(
+            target: "amphi::request",
+            "request",
+            method = %method.as_str(),
+            route = %route,
+            kind = %kind.as_str(),
+            request_id = %id.to_str().unwrap_or_default(),
+        );
+        RequestObs {
+            span: RequestSpan::new(span),
+            id: Some(id),
+        }
+    }
+}
+
+/// The context of a request to `route` on `conn`: observed by the route's counters when the
+/// server keeps metrics, so its crossings are counted against it.
+pub(crate) fn request_context(route: &Route, conn: Option<&ConnState>) -> Context {
+    #[cfg(feature = "metrics")]
+    if let (Some(i), Some(conn)) = (route.stats, conn) {
+        if let Some(o) = crate::metrics::observer(conn, i as usize) {
+            return amphi_core::plumbing::observed_context(o);
+        }
+    }
+    let _ = (route, conn);
+    Context::new()
+}
+
+/// The client's `x-request-id`. A request carries a handful of headers, and comparing that
+/// many names is cheaper than hashing one (as `reply::has` does).
+fn client_id(headers: &HeaderMap) -> Option<&HeaderValue> {
+    if headers.len() <= 8 {
+        headers
+            .iter()
+            .find_map(|(k, v)| (*k == X_REQUEST_ID).then_some(v))
+    } else {
+        headers.get(&X_REQUEST_ID)
+    }
+}
+
+/// Whether a client's request id is used as it is: 1 to [`MAX_REQUEST_ID`] visible ASCII
+/// characters (no spaces, no control characters), so it is safe in logs and headers.
+pub(crate) fn is_sane(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// A new request id: one 64-bit number in decimal, this process's random 24 bits on top of a
+/// 40-bit counter (unique within the process for 2^40 requests). No random number is drawn per
+/// request, and threads take counter values in blocks of 4096, so they share one atomic add
+/// per 4096 ids. A number needs no validation as a header value: it is the cheapest id to make.
+pub(crate) fn generate() -> HeaderValue {
+    const BLOCK: u64 = 4096;
+    const COUNTER_BITS: u32 = 40;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        /// This thread's next counter value and the end of its block.
+        static IDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    let n = IDS.with(|ids| {
+        let (mut next, mut end) = ids.get();
+        if next == end {
+            next = NEXT.fetch_add(BLOCK, Ordering::Relaxed);
+            end = next + BLOCK;
+        }
+        ids.set((next + 1, end));
+        next
+    });
+    HeaderValue::from((prefix() << COUNTER_BITS) | (n & ((1 << COUNTER_BITS) - 1)))
+}
+
+/// 24 random bits, once per process: std's `RandomState` is seeded from the OS.
+fn prefix() -> u64 {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    *PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish() & 0xff_ffff
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_unique_sane_and_share_the_process_prefix() {
+        let ids: Vec<u64> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..3)
+                .map(|_| s.spawn(|| (0..5000).map(|_| generate()).collect::<Vec<_>>()))
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .map(|id| {
+                    assert!(is_sane(id.as_bytes()), "{id:?}");
+                    id.to_str().unwrap().parse().unwrap()
+                })
+                .collect()
+        });
+        let unique: std::collections::HashSet<u64> = ids.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "no id twice, across threads and blocks"
+        );
+        assert!(ids.iter().all(|id| id >> 40 == prefix()));
+    }
+
+    #[test]
+    fn client_ids_must_be_short_visible_ascii() {
+        assert!(is_sane(b"req-42_abc.DEF"));
+        assert!(is_sane(&[b'a'; MAX_REQUEST_ID]));
+        assert!(!is_sane(&[b'a'; MAX_REQUEST_ID + 1]));
+        assert!(!is_sane(b""));
+        assert!(!is_sane(b"has space"));
+        assert!(!is_sane(b"tab\there"));
+        assert!(!is_sane("caf\u{e9}".as_bytes()));
+    }
+}
