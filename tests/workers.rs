@@ -325,3 +325,42 @@ async fn a_startup_failure_exits_non_zero_with_its_message() {
     );
     assert!(text.matches("worker started").count() <= 2, "{text}");
 }
+
+/// The `worker="N"` labels on one scrape's amphi samples (every sample has one).
+fn worker_labels(scrape: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for line in scrape.lines().filter(|l| l.starts_with("amphi_")) {
+        let at = line
+            .find("worker=\"")
+            .unwrap_or_else(|| panic!("a sample without a worker label: {line}"));
+        let rest = &line[at + 8..];
+        seen.insert(rest[..rest.find('"').unwrap()].to_owned());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_labels_its_metrics_with_its_id() {
+    let s = start(&["--workers", "2"]).await;
+    let mut workers = BTreeSet::new();
+    for _ in 0..200 {
+        let r = get(s.addr, Proto::H1, "/metrics").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let text = r.text();
+        assert!(text.contains("amphi_requests_total"), "{text}");
+        // One scrape is one worker's counts.
+        let labels = worker_labels(text);
+        assert_eq!(labels.len(), 1, "{labels:?}");
+        let id = labels.into_iter().next().unwrap();
+        assert!(id.parse::<u64>().is_ok(), "worker label {id:?}");
+        workers.insert(id);
+        if workers.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        workers.len(),
+        2,
+        "scrapes reached one worker only: {workers:?}"
+    );
+}

@@ -6,6 +6,7 @@
 //! finds its counters by the route it resolved to: no label lookup, no allocation, no lock on
 //! the request path. Labels are built only when the metrics are scraped.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,6 +55,13 @@ pub use crate::report::{Advice, Report, RouteReport};
 /// A request costs a few atomic adds and a clock read at each end: its route's counters are
 /// found when the router is compiled, and labels are only written when the metrics are
 /// scraped. A router behind tower layers is one route (`kind="tower"`).
+///
+/// Under [`Server::workers`](crate::Server::workers) each worker process counts what it served
+/// and its samples carry a `worker` label (its id; a replaced worker's successor has a new
+/// one). A scrape of the shared port reaches whichever worker accepts it, so one scrape shows
+/// one worker's counts; the supervisor does not merge them (yet). Where a whole-server count
+/// per scrape matters, serve one process with more threads. The application's own registry is
+/// encoded as it is.
 ///
 /// # Examples
 ///
@@ -169,7 +177,15 @@ impl Metrics {
             tracing::error!(error = %e, "encoding the application's metrics failed");
         }
         if let Some(server) = self.server() {
-            let mut registry = Registry::default();
+            // In a worker process (`Server::workers`) every sample says which worker counted
+            // it: each worker counts only what it served.
+            let mut registry = match crate::workers::worker_id() {
+                Some(id) => Registry::with_labels(std::iter::once((
+                    Cow::Borrowed("worker"),
+                    Cow::Owned(id.to_string()),
+                ))),
+                None => Registry::default(),
+            };
             registry.register_collector(Box::new(Collect(server)));
             if let Err(e) =
                 prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)

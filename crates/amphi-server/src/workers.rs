@@ -152,6 +152,12 @@ pub fn is_worker() -> bool {
     std::env::var_os(ENV_ID).is_some()
 }
 
+/// This worker's id (1, 2, ... in the order the supervisor started them; a replacement gets a
+/// new one), when this process is a worker.
+pub(crate) fn worker_id() -> Option<u64> {
+    std::env::var(ENV_ID).ok()?.parse().ok()
+}
+
 /// What a worker is told at start.
 pub(crate) struct WorkerEnv {
     id: u64,
