@@ -364,6 +364,12 @@ async fn the_mixed_example_serves_metrics_and_the_report_unless_told_not_to() {
     }
     let report = conn.get("/_amphi/report?format=json").await.json();
     assert_eq!(report["migrate_next"][0]["route"], "/sync");
+    // Both pages are read-only.
+    for page in ["/metrics", "/_amphi/report"] {
+        let r = conn.post(page, full("x")).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "POST {page}");
+        assert_eq!(r.text(), "use GET\n");
+    }
     serving.shutdown().await.unwrap();
 
     let serving = start_mixed(&["--no-metrics"]).await;

@@ -204,8 +204,8 @@ impl Metrics {
         async_fn(move |req: AsyncRequest| {
             let metrics = metrics.clone();
             async move {
-                if !matches!(*req.method(), Method::GET | Method::HEAD) {
-                    return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+                if let Some(refused) = refuse_unless_get(&req) {
+                    return refused;
                 }
                 text(
                     StatusCode::OK,
@@ -215,6 +215,12 @@ impl Metrics {
             }
         })
     }
+}
+
+/// `405` for a request to a read-only page that is not a `GET` (or `HEAD`).
+pub(crate) fn refuse_unless_get(req: &AsyncRequest) -> Option<Response<AsyncBody>> {
+    (!matches!(*req.method(), Method::GET | Method::HEAD))
+        .then(|| text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n"))
 }
 
 pub(crate) fn text(

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use amphi_core::{async_fn, AsyncHandler, AsyncRequest};
 use amphi_sync_to_async::PoolStats;
-use http::{header, Method, StatusCode};
+use http::{header, StatusCode};
 
 use crate::access::HandlerKind;
-use crate::metrics::{human, text, Metrics, RouteSnapshot};
+use crate::metrics::{human, refuse_unless_get, text, Metrics, RouteSnapshot};
 
 /// A snapshot of what a server served, per route, and what to migrate next: what
 /// [`Metrics::report`] returns and [`Metrics::report_handler`] serves.
@@ -139,8 +139,8 @@ impl Metrics {
         async_fn(move |req: AsyncRequest| {
             let metrics = metrics.clone();
             async move {
-                if !matches!(*req.method(), Method::GET | Method::HEAD) {
-                    return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+                if let Some(refused) = refuse_unless_get(&req) {
+                    return refused;
                 }
                 let report = metrics.report();
                 if wants_json(&req) {
@@ -654,13 +654,7 @@ fn bars(
         }
         let mut c = String::new();
         caption(r, &mut c);
-        let _ = writeln!(
-            h,
-            "<text x=\"{:.0}\" y=\"{:.1}\">{}</text>",
-            LABEL_W + BAR_W + 8.0,
-            y + 16.0,
-            esc(&c)
-        );
+        row_caption(h, y, &c);
     }
     h.push_str("</svg>\n");
 }
@@ -725,15 +719,20 @@ fn latency(h: &mut String, routes: &[&RouteReport]) {
         human(secs(p50), &mut c);
         c.push_str(", p99 ");
         human(secs(p99), &mut c);
-        let _ = writeln!(
-            h,
-            "<text x=\"{:.0}\" y=\"{:.1}\">{}</text>",
-            LABEL_W + BAR_W + 8.0,
-            y + 16.0,
-            esc(&c)
-        );
+        row_caption(h, y, &c);
     }
     h.push_str("</svg>\n");
+}
+
+/// The caption right of a chart's row at `y`.
+fn row_caption(h: &mut String, y: f64, caption: &str) {
+    let _ = writeln!(
+        h,
+        "<text x=\"{:.0}\" y=\"{:.1}\">{}</text>",
+        LABEL_W + BAR_W + 8.0,
+        y + 16.0,
+        esc(caption)
+    );
 }
 
 /// `s` with HTML's special characters escaped.
