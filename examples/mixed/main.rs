@@ -60,7 +60,13 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // A worker takes its share of the cores: two workers on two cores with a thread per core
+    // each would take turns on them (docs/benchmarks.md, worker processes).
+    if let (Some(w), true) = (&opts.workers, amphi::server::is_worker()) {
+        runtime.worker_threads(w.threads_per_worker());
+    }
+    let runtime = runtime
         .enable_all()
         // At least as many blocking threads as blocking slots, plus room for sync_to_async.
         .max_blocking_threads(opts.blocking_threads.max(512))

@@ -105,6 +105,20 @@ impl Workers {
         }
     }
 
+    /// How many workers the supervisor starts.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The runtime threads a worker's share of this machine's cores comes to: the available
+    /// parallelism divided among the workers, at least 1. Workers that each start a thread
+    /// per core (tokio's default) take turns on the cores instead of using them; a `main`
+    /// that builds its runtime can size it with this when [`is_worker`] says it is a worker.
+    pub fn threads_per_worker(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / self.count).max(1)
+    }
+
     /// Recycles a worker after it served `requests` requests plus a random `0..=jitter` more
     /// (gunicorn's `--max-requests` and `--max-requests-jitter`; the jitter keeps workers from
     /// recycling all at once). Default: never.
@@ -843,4 +857,31 @@ fn random_below(n: u64) -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish() % n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_share_the_cores_and_never_get_zero_threads() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Workers::new(1).threads_per_worker(), cores);
+        for n in 1..=2 * cores + 1 {
+            let each = Workers::new(n).threads_per_worker();
+            assert!(each >= 1);
+            // Between them, no more threads than cores unless each already has only one.
+            assert!(
+                each == 1 || each * n <= cores,
+                "{n} workers x {each} threads"
+            );
+        }
+    }
+
+    #[test]
+    fn random_below_stays_below() {
+        for n in [0, 1, 2, 7, 1000] {
+            assert!(random_below(n) < n.max(1));
+        }
+    }
 }
