@@ -666,7 +666,7 @@ impl Server {
             counters: &counters,
             sessions: &sessions,
         })?;
-        #[allow(unused_mut)]
+        #[allow(unused_mut, clippy::needless_update)] // `unmatched` is there with `metrics`
         let mut observe = Observe {
             spans: self.request_spans,
             ..Observe::default()

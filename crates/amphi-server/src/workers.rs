@@ -168,6 +168,7 @@ pub fn is_worker() -> bool {
 
 /// This worker's id (1, 2, ... in the order the supervisor started them; a replacement gets a
 /// new one), when this process is a worker.
+#[cfg(feature = "metrics")]
 pub(crate) fn worker_id() -> Option<u64> {
     std::env::var(ENV_ID).ok()?.parse().ok()
 }
