@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
@@ -29,7 +30,9 @@ pub(crate) struct AccessRecord {
     /// logs nothing (a request inside a layered router, whose outer record does both).
     conn: Option<Arc<ConnState>>,
     method: Method,
-    uri: Uri,
+    /// What the log line's `path` comes from: the URI's path and query only (40 bytes, not
+    /// the 88 of a whole `Uri`), since the record is moved with every request future.
+    target: Option<PathAndQuery>,
     version: Version,
     kind: HandlerKind,
     /// The client as a trusted proxy says (`None`: the connection's peer). Boxed: a plain
@@ -54,7 +57,7 @@ impl AccessRecord {
     pub(crate) fn new(
         conn: Arc<ConnState>,
         method: Method,
-        uri: Uri,
+        uri: &Uri,
         version: Version,
         kind: HandlerKind,
         forwarded: Option<Box<Option<SocketAddr>>>,
@@ -64,7 +67,7 @@ impl AccessRecord {
         AccessRecord {
             conn: Some(conn),
             method,
-            uri,
+            target: uri.path_and_query().cloned(),
             version,
             kind,
             forwarded,
@@ -80,22 +83,22 @@ impl AccessRecord {
     }
 
     /// Replaces the URI the record logs (the same URI, held in memory of its own).
-    pub(crate) fn set_uri(&mut self, uri: Uri) {
-        self.uri = uri;
+    pub(crate) fn set_uri(&mut self, uri: &Uri) {
+        self.target = uri.path_and_query().cloned();
     }
 
     /// A record that counts nothing and logs nothing: for a request served inside a layered
     /// router, whose outer record does both.
     pub(crate) fn silent(
         method: Method,
-        uri: Uri,
+        uri: &Uri,
         version: Version,
         kind: HandlerKind,
     ) -> AccessRecord {
         AccessRecord {
             conn: None,
             method,
-            uri,
+            target: uri.path_and_query().cloned(),
             version,
             kind,
             forwarded: None,
@@ -128,8 +131,9 @@ impl AccessRecord {
         self.stats = stats;
     }
 
+    /// The request's path, as `Uri::path` says it.
     pub(crate) fn path(&self) -> &str {
-        self.uri.path()
+        self.target.as_ref().map_or("", PathAndQuery::path)
     }
 
     pub(crate) fn is_head(&self) -> bool {
@@ -165,7 +169,7 @@ impl Drop for AccessRecord {
         // `warn`, a complete request's line is off and costs no subtraction.
         let micros = || now.saturating_duration_since(started).as_micros() as u64;
         let method = self.method.as_str();
-        let path = self.uri.path();
+        let path = self.path();
         let kind = self.kind.as_str();
         let client = ClientField(match &self.forwarded {
             Some(c) => **c,

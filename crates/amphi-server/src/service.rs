@@ -67,7 +67,7 @@ impl ConnService {
         let obs = app
             .observe
             .request(req.method(), req.headers(), route, kind);
-        let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
+        let (method, uri, version) = (req.method().clone(), req.uri(), req.version());
         // What a trusted proxy says, read once for the access log and the scope.
         // Boxed, as the access log's client: a plain request carries two null pointers.
         let forwarded = match &self.origin {
@@ -227,7 +227,7 @@ impl ConnService {
         // One method for the scope whatever carried the handshake (HTTP/2 uses CONNECT).
         parts.method = http::Method::GET;
         detach(&mut parts);
-        record.set_uri(parts.uri.clone());
+        record.set_uri(&parts.uri);
         let info = self.info(route, &mut parts, true, forwarded);
         let scope = HttpScope::from_parts(
             parts,
