@@ -30,6 +30,9 @@ async fn start(flags: &[&str]) -> Supervised {
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A process group of its own, as a service manager or a terminal gives it: signals
+        // can be sent to the supervisor and its workers together.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .expect("starting the mixed example");
@@ -362,5 +365,72 @@ async fn each_worker_labels_its_metrics_with_its_id() {
         workers.len(),
         2,
         "scrapes reached one worker only: {workers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_serve_with_stderr_gone_and_exit_when_their_supervisor_is_killed() {
+    let mut child = tokio::process::Command::new(mixed_binary())
+        .args(["--bind", "127.0.0.1:0", "--workers", "2"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the mixed example");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within("the supervisor to listen", stdout.next_line())
+        .await
+        .unwrap()
+        .expect("a first line");
+    let addr: std::net::SocketAddr = line
+        .strip_prefix("listening on http://")
+        .expect("an address")
+        .parse()
+        .unwrap();
+    // Whoever read the logs is gone: every log line now fails to be written.
+    drop(child.stderr.take());
+    let mut pids = BTreeSet::new();
+    for _ in 0..20 {
+        let r = get(addr, Proto::H1, "/sync/info").await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "a request failed with stderr gone"
+        );
+        pids.insert(r.json()["pid"].as_u64().unwrap() as u32);
+    }
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    // SIGKILL: the supervisor tells nobody anything.
+    signal(&child.id().unwrap().to_string(), "KILL");
+    let _ = within("the supervisor to die", child.wait()).await;
+    for pid in pids {
+        eventually("an orphaned worker to exit", || ended(pid)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_to_the_whole_process_group_kills_no_worker() {
+    let s = start(&["--workers", "2"]).await;
+    let before = s.pids(20).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+    // What a terminal hangup or `systemctl kill -s HUP` does: every process of the group.
+    let group = format!("-{}", s.child.id().unwrap());
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", "--", &group])
+        .status()
+        .expect("running kill");
+    assert!(status.success());
+    // The supervisor reloads; the workers take no notice of the signal themselves.
+    until_a_new_worker_answers(&s, &before).await;
+    eventually("the old workers drained", || {
+        before.iter().all(|&p| ended(p))
+    })
+    .await;
+    assert!(
+        !s.log_has("worker died"),
+        "a worker died of the SIGHUP:\n{}",
+        s.log.lock().unwrap().join("\n")
     );
 }

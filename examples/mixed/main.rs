@@ -56,6 +56,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr closed) is dropped, not reported on that
+        // same stderr, which would panic the thread that logged it.
+        .log_internal_errors(false)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -84,13 +87,14 @@ fn main() -> ExitCode {
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let result = runtime.block_on(async {
         let server = opts.server();
+        // Installed before binding: a SIGTERM while the server starts (a supervisor waits for
+        // its first worker) or the moment its address is known still drains it.
+        let stop = amphi::server::shutdown_signal();
         let serving = match (inherited, &opts.uds) {
             (Some(listener), _) => server.serve_on(listener).await?,
             (None, Some(path)) => server.bind_unix(path).await?,
             (None, None) => server.bind(opts.bind.as_str()).await?,
         };
-        // Installed before anyone learns the address: a SIGTERM sent at once still drains.
-        let stop = amphi::server::shutdown_signal();
         // Workers (`--workers N`) run this same main; only the supervisor says where it listens.
         match (serving.local_addr(), &opts.uds) {
             _ if amphi::server::is_worker() => {}

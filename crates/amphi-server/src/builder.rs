@@ -459,6 +459,11 @@ impl Server {
         self.grace_period
     }
 
+    /// The drain delay, for the supervisor.
+    pub(crate) fn drain_delay_setting(&self) -> Duration {
+        self.drain_delay
+    }
+
     /// How long in-flight requests may run after shutdown starts before their connections
     /// are cut. Default [`DEFAULT_GRACE_PERIOD`] (30 s).
     #[must_use]

@@ -15,6 +15,16 @@
 //! whose beats stop, and on `SIGHUP` replaces every worker one at a time (new code when the
 //! binary was replaced). `SIGTTIN` and `SIGTTOU` add and remove a worker; `SIGTERM`/`SIGINT`
 //! (through [`Serving::run_until`](crate::Serving::run_until)) drain them all.
+//!
+//! A worker takes no notice of `SIGHUP`, `SIGTTIN` and `SIGTTOU` itself (a signal sent to the
+//! whole process group reaches the supervisor, which acts on it, and must not kill or stop
+//! every worker at once); it drains when its supervisor is gone, however it went (the control
+//! socket closes, or the worker finds itself re-parented), and exits at once if that happens
+//! before it is ready. Its standard input, the listening socket, is close-on-exec, so the
+//! processes an application starts do not hold the port. `SIGHUP` re-executes the path the
+//! binary had when the supervisor started (`std::env::current_exe`, symlinks resolved): a
+//! deploy that replaces that file is picked up, one that only switches a symlink to another
+//! directory is not (restart the supervisor for that).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -192,6 +202,24 @@ pub(crate) fn worker_env() -> Option<WorkerEnv> {
 /// Serves `server` as worker `env.id`: on the listening socket inherited as standard input,
 /// reporting to the supervisor.
 pub(crate) async fn serve_worker(server: Server, env: WorkerEnv) -> Result<Serving, ServeError> {
+    // The supervisor's signals are for the supervisor: a SIGHUP to the whole process group
+    // (a terminal hangup, `kill -HUP -PGID`, `systemctl kill`) or a stray SIGTTIN/SIGTTOU
+    // must not kill or stop every worker at once. Registered once, these handlers replace
+    // the default actions for the life of the process (TLS reload adds its own on SIGHUP).
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        for kind in [
+            SignalKind::hangup(),
+            SignalKind::from_raw(libc::SIGTTIN),
+            SignalKind::from_raw(libc::SIGTTOU),
+        ] {
+            if let Err(e) = signal(kind) {
+                tracing::warn!(error = %e, "cannot ignore a supervisor signal in the worker");
+            }
+        }
+    }
+    let serving_handle: Arc<std::sync::OnceLock<ShutdownHandle>> = Arc::default();
+    tokio::spawn(watch_parent(serving_handle.clone()));
     let control = UnixStream::connect(&env.control)
         .await
         .map_err(|e| ServeError::bind("connecting to the supervisor", e))?;
@@ -221,6 +249,7 @@ pub(crate) async fn serve_worker(server: Server, env: WorkerEnv) -> Result<Servi
         Ok(serving) => {
             let _ = write.write_all(b"ready\n").await;
             let handle = serving.shutdown_handle();
+            let _ = serving_handle.set(handle.clone());
             let counters = serving.counters();
             tokio::spawn(report(read, write, handle, counters));
             Ok(serving)
@@ -228,9 +257,13 @@ pub(crate) async fn serve_worker(server: Server, env: WorkerEnv) -> Result<Servi
     }
 }
 
-/// The listening socket the supervisor passed as standard input.
+/// The listening socket the supervisor passed as standard input. Standard input itself is
+/// marked close-on-exec: a process the application starts must not inherit the listening
+/// socket (it would hold the port after the server exits); such a process finds its standard
+/// input closed unless it is given one.
 fn inherited_listener() -> io::Result<TcpListener> {
     let fd = io::stdin().as_fd().try_clone_to_owned()?;
+    socket2::SockRef::from(&io::stdin()).set_cloexec(true)?;
     let listener = std::net::TcpListener::from(fd);
     // Fails here, clearly, when standard input is not a listening socket.
     listener.local_addr()?;
@@ -253,8 +286,10 @@ async fn report(
             _ = beat.tick() => {
                 let line = format!("beat {}\n", counters.served.load(Ordering::Relaxed));
                 if write.write_all(line.as_bytes()).await.is_err() {
-                    tracing::warn!("the supervisor is gone; draining");
+                    // Shut down first: logging may fail too (stderr gone with the
+                    // supervisor), and must not keep the worker serving.
                     handle.shutdown();
+                    tracing::warn!("the supervisor is gone; draining");
                     return;
                 }
             }
@@ -265,12 +300,38 @@ async fn report(
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
-                    tracing::warn!("the supervisor is gone; draining");
                     handle.shutdown();
+                    tracing::warn!("the supervisor is gone; draining");
                     return;
                 }
             }
         }
+    }
+}
+
+/// Ends a worker whose supervisor is gone, whatever the control socket says: once it is
+/// serving, it drains (`handle`); before (its lifespan startup still running), it exits. The
+/// parent is checked every half second: a worker is re-parented when its supervisor dies, even
+/// by SIGKILL.
+async fn watch_parent(handle: Arc<std::sync::OnceLock<ShutdownHandle>>) {
+    let parent = std::os::unix::process::parent_id();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if std::os::unix::process::parent_id() == parent {
+            continue;
+        }
+        match handle.get() {
+            Some(h) => {
+                h.shutdown();
+                tracing::warn!("the supervisor is gone; draining");
+            }
+            None => {
+                tracing::warn!("the supervisor is gone before this worker was ready; exiting");
+                std::process::exit(1);
+            }
+        }
+        return;
     }
 }
 
@@ -299,6 +360,7 @@ pub(crate) async fn supervise(
         .map_err(|e| ServeError::bind("finding the current executable", e))?;
     let (app, pool) = server.app()?;
     let grace = server.grace();
+    let drain_delay = server.drain_delay_setting();
     let token = CancellationToken::new();
     let (ready_tx, ready_rx) = oneshot::channel();
     let supervisor = Supervisor {
@@ -309,6 +371,7 @@ pub(crate) async fn supervise(
         control_path,
         dir,
         grace,
+        drain_delay,
         next_id: 0,
         children: HashMap::new(),
         events: mpsc::unbounded_channel(),
@@ -319,7 +382,16 @@ pub(crate) async fn supervise(
         reload: Vec::new(),
         giving_up: None,
     };
-    let task = tokio::spawn(supervisor.run(control, token.clone()));
+    // The supervisor's end (a failure after the first worker was ready included) ends the
+    // `Serving`: its `run_until` returns and `wait` gives the supervisor's result.
+    let task = tokio::spawn({
+        let token = token.clone();
+        async move {
+            let result = supervisor.run(control, token.clone()).await;
+            token.cancel();
+            result
+        }
+    });
     match ready_rx.await {
         Ok(Ok(())) => Ok(Serving::new(
             local_addr,
@@ -360,7 +432,8 @@ fn control_dir() -> io::Result<PathBuf> {
 
 /// What happens to a worker, as the supervisor hears it.
 enum Event {
-    Hello(u64, OwnedWriteHalf),
+    /// A worker's id, its pid, and the way to tell it things.
+    Hello(u64, u32, OwnedWriteHalf),
     Ready(u64),
     Failed(u64, String),
     Beat(u64, u64),
@@ -390,6 +463,8 @@ struct Supervisor {
     control_path: PathBuf,
     dir: PathBuf,
     grace: Duration,
+    /// The workers' drain delay: part of how long their shutdown may take.
+    drain_delay: Duration,
     next_id: u64,
     children: HashMap<u64, Child>,
     events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
@@ -457,13 +532,14 @@ impl Supervisor {
                     }
                 }
                 _ = tick.tick() => {
-                    if let Some((at, message)) = self.giving_up.take() {
-                        if Instant::now() >= at {
+                    match self.giving_up.take() {
+                        // A worker became ready meanwhile: the service is up after all.
+                        Some(_) if self.ever_ready => self.check(),
+                        Some((at, message)) if Instant::now() >= at => {
                             break Err(ServeError::startup(message));
                         }
-                        self.giving_up = Some((at, message));
-                    } else {
-                        self.check();
+                        Some(giving_up) => self.giving_up = Some(giving_up),
+                        None => self.check(),
                     }
                 }
             }
@@ -473,7 +549,7 @@ impl Supervisor {
                 let _ = tx.send(Err(e.to_string()));
             }
         }
-        self.stop().await;
+        self.stop(&control).await;
         let _ = std::fs::remove_file(&self.control_path);
         let _ = std::fs::remove_dir(&self.dir);
         result
@@ -529,7 +605,7 @@ impl Supervisor {
         let budget = self
             .plan
             .max_requests
-            .map(|(n, jitter)| n + random_below(jitter + 1));
+            .map(|(n, jitter)| n.saturating_add(random_below(jitter.saturating_add(1))));
         let now = Instant::now();
         self.children.insert(
             id,
@@ -557,14 +633,14 @@ impl Supervisor {
             let Ok(Some(hello)) = lines.next_line().await else {
                 return;
             };
-            let Some(id) = hello
-                .strip_prefix("hello ")
-                .and_then(|rest| rest.split(' ').next())
-                .and_then(|id| id.parse().ok())
-            else {
+            let mut words = hello.strip_prefix("hello ").unwrap_or_default().split(' ');
+            let (Some(id), Some(pid)) = (
+                words.next().and_then(|id| id.parse().ok()),
+                words.next().and_then(|pid| pid.parse().ok()),
+            ) else {
                 return;
             };
-            let _ = events.send(Event::Hello(id, write));
+            let _ = events.send(Event::Hello(id, pid, write));
             while let Ok(Some(line)) = lines.next_line().await {
                 let event = if line == "ready" {
                     Event::Ready(id)
@@ -585,8 +661,10 @@ impl Supervisor {
     /// Handles one event; `Err` with the message when the first worker cannot start.
     fn on(&mut self, event: Event) -> Result<(), String> {
         match event {
-            Event::Hello(id, write) => {
-                if let Some(c) = self.children.get_mut(&id) {
+            Event::Hello(id, pid, write) => {
+                // Only the process started as worker `id` speaks for it (a process the
+                // application starts inherits the worker's environment).
+                if let Some(c) = self.children.get_mut(&id).filter(|c| c.pid == Some(pid)) {
                     c.control = Some(write);
                     if c.draining {
                         self.tell(id, "drain");
@@ -626,14 +704,19 @@ impl Supervisor {
             Event::Beat(id, served) => {
                 if let Some(c) = self.children.get_mut(&id) {
                     c.last_beat = Instant::now();
-                    if c.request_budget.is_some_and(|b| served >= b) && c.replaced_by.is_none() {
-                        c.request_budget = None;
+                    if c.request_budget.is_some_and(|b| served >= b)
+                        && c.replaced_by.is_none()
+                        && !c.draining
+                        && self.replace(id)
+                    {
+                        if let Some(c) = self.children.get_mut(&id) {
+                            c.request_budget = None;
+                        }
                         tracing::info!(
                             worker = id,
                             served,
                             "worker served its request budget; recycling it"
                         );
-                        self.replace(id);
                     }
                 }
             }
@@ -683,7 +766,9 @@ impl Supervisor {
         let mut kill = Vec::new();
         let mut recycle = Vec::new();
         for (id, c) in &self.children {
-            if c.ready && now.duration_since(c.last_beat) > self.plan.heartbeat_timeout {
+            if c.kill.is_none() {
+                // Being killed already: its exit comes next.
+            } else if c.ready && now.duration_since(c.last_beat) > self.plan.heartbeat_timeout {
                 tracing::error!(
                     worker = id,
                     pid = c.pid,
@@ -730,6 +815,23 @@ impl Supervisor {
         if self.respawn_at.is_some_and(|at| now >= at) {
             self.respawn_at = None;
         }
+        // More workers serving than planned (a SIGTTOU that took a worker being replaced, a
+        // replacement that outlived its reason): the oldest go.
+        loop {
+            let serving: Vec<u64> = self
+                .live()
+                .filter(|id| self.children[id].replaced_by.is_none())
+                .collect();
+            if serving.len() <= self.plan.count {
+                break;
+            }
+            let oldest = serving
+                .into_iter()
+                .min()
+                .expect("more than planned, so some");
+            self.drain(oldest, "more workers than planned");
+        }
+        self.next_reload();
         if self.respawn_at.is_none() {
             while self.live().count() < self.plan.count {
                 if self.spawn().is_none() {
@@ -740,13 +842,21 @@ impl Supervisor {
         }
     }
 
-    /// Starts a replacement for `id`; `id` drains once the replacement is ready.
-    fn replace(&mut self, id: u64) {
-        if let Some(new) = self.spawn() {
-            if let Some(c) = self.children.get_mut(&id) {
-                c.replaced_by = Some(new);
-            }
+    /// Starts a replacement for `id`; `id` drains once the replacement is ready. Not while
+    /// the respawn back-off runs (replacements that keep dying back off like any worker);
+    /// `false` when none was started, and the caller tries again later.
+    fn replace(&mut self, id: u64) -> bool {
+        if self.respawn_at.is_some_and(|at| Instant::now() < at) {
+            return false;
         }
+        let Some(new) = self.spawn() else {
+            self.respawn_at = Some(Instant::now() + Duration::from_secs(1));
+            return false;
+        };
+        if let Some(c) = self.children.get_mut(&id) {
+            c.replaced_by = Some(new);
+        }
+        true
     }
 
     /// The next worker of a rolling reload, when none is being replaced.
@@ -756,7 +866,10 @@ impl Supervisor {
         }
         while let Some(id) = self.reload.pop() {
             if self.children.get(&id).is_some_and(|c| !c.draining) {
-                self.replace(id);
+                if !self.replace(id) {
+                    // Backing off: this worker is next again, from the periodic check.
+                    self.reload.push(id);
+                }
                 return;
             }
         }
@@ -788,24 +901,36 @@ impl Supervisor {
 
     /// Drains every worker and waits for them, up to the grace period and a margin; kills
     /// what is left.
-    async fn stop(&mut self) {
+    async fn stop(&mut self, control: &UnixListener) {
         let ids: Vec<u64> = self.children.keys().copied().collect();
         for id in ids {
             self.drain(id, "shutting down");
         }
-        let deadline = Instant::now() + self.grace + Duration::from_secs(5);
+        // A worker's shutdown: its drain delay, the grace period for its requests, then its
+        // lifespan shutdown (bounded by the grace period too); and a margin.
+        let deadline = Instant::now() + self.drain_delay + self.grace * 2 + Duration::from_secs(5);
         while !self.children.is_empty() {
-            match tokio::time::timeout_at(deadline, self.events.1.recv()).await {
+            let event = tokio::select! {
+                // A worker started just before the shutdown still says hello, and is told.
+                accepted = control.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        self.listen(stream);
+                    }
+                    continue;
+                }
+                event = tokio::time::timeout_at(deadline, self.events.1.recv()) => event,
+            };
+            match event {
                 Ok(Some(Event::Exited(id, status))) => {
                     let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                     tracing::info!(worker = id, status, "worker exited");
                     self.children.remove(&id);
                 }
-                Ok(Some(Event::Hello(id, write))) => {
-                    if let Some(c) = self.children.get_mut(&id) {
+                Ok(Some(Event::Hello(id, pid, write))) => {
+                    if let Some(c) = self.children.get_mut(&id).filter(|c| c.pid == Some(pid)) {
                         c.control = Some(write);
+                        self.tell(id, "drain");
                     }
-                    self.tell(id, "drain");
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
