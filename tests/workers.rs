@@ -145,6 +145,17 @@ async fn workers_serve_with_pids_of_their_own_and_sigterm_drains_and_exits_0() {
     assert!(!pids.contains(&supervisor), "the supervisor serves nothing");
     // The access log says which worker served.
     eventually("access lines name their worker", || s.log_has("worker{id=")).await;
+    let control_dirs = || {
+        let prefix = format!("amphi-{supervisor}-");
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            })
+            .count()
+    };
+    assert_eq!(control_dirs(), 1, "the supervisor's control directory");
     // A request still running when SIGTERM comes completes; then everything exits 0.
     let addr = s.addr;
     let slow = tokio::spawn(async move { get(addr, Proto::H1, "/sync/sleep?ms=1000").await });
@@ -156,6 +167,11 @@ async fn workers_serve_with_pids_of_their_own_and_sigterm_drains_and_exits_0() {
         .await
         .unwrap();
     assert!(status.success(), "exited with {status}");
+    assert_eq!(
+        control_dirs(),
+        0,
+        "the control directory is removed at exit"
+    );
     for pid in pids {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),

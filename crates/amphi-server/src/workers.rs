@@ -353,7 +353,7 @@ pub(crate) async fn supervise(
         .into_std()
         .map_err(|e| ServeError::bind("binding the TCP listener", e))?;
     let dir = control_dir().map_err(|e| ServeError::bind("making the control directory", e))?;
-    let control_path = dir.join("control.sock");
+    let control_path = dir.0.join("control.sock");
     let control = UnixListener::bind(&control_path)
         .map_err(|e| ServeError::bind("binding the control socket", e))?;
     let exe = std::env::current_exe()
@@ -369,7 +369,7 @@ pub(crate) async fn supervise(
         args: std::env::args_os().skip(1).collect(),
         listener,
         control_path,
-        dir,
+        _dir: dir,
         grace,
         drain_delay,
         next_id: 0,
@@ -415,14 +415,23 @@ pub(crate) async fn supervise(
     }
 }
 
+/// The control socket's directory, removed with what is in it when dropped.
+struct ControlDir(PathBuf);
+
+impl Drop for ControlDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A private directory for the control socket: only this user may connect.
-fn control_dir() -> io::Result<PathBuf> {
+fn control_dir() -> io::Result<ControlDir> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::temp_dir();
     for attempt in 0..100u32 {
         let dir = base.join(format!("amphi-{}-{attempt}", std::process::id()));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
+            Ok(()) => return Ok(ControlDir(dir)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
@@ -461,7 +470,8 @@ struct Supervisor {
     args: Vec<OsString>,
     listener: std::net::TcpListener,
     control_path: PathBuf,
-    dir: PathBuf,
+    /// Removed with the supervisor, however it ends (an error before it starts included).
+    _dir: ControlDir,
     grace: Duration,
     /// The workers' drain delay: part of how long their shutdown may take.
     drain_delay: Duration,
@@ -550,8 +560,6 @@ impl Supervisor {
             }
         }
         self.stop(&control).await;
-        let _ = std::fs::remove_file(&self.control_path);
-        let _ = std::fs::remove_dir(&self.dir);
         result
     }
 
