@@ -24,6 +24,12 @@ struct Supervised {
 }
 
 async fn start(flags: &[&str]) -> Supervised {
+    launch(flags, true).await
+}
+
+/// Starts the supervisor; its log is kept when `keep_log`, else its stderr is closed once it
+/// listens (whoever read the logs is gone: every log line then fails to be written).
+async fn launch(flags: &[&str], keep_log: bool) -> Supervised {
     let mut child = tokio::process::Command::new(mixed_binary())
         .args(["--bind", "127.0.0.1:0", "--grace-ms", "5000"])
         .args(flags)
@@ -36,6 +42,7 @@ async fn start(flags: &[&str]) -> Supervised {
         .kill_on_drop(true)
         .spawn()
         .expect("starting the mixed example");
+    let stderr = if keep_log { None } else { child.stderr.take() };
     let log = collect(&mut child);
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = within("the supervisor to listen", stdout.next_line())
@@ -47,13 +54,16 @@ async fn start(flags: &[&str]) -> Supervised {
         .unwrap_or_else(|| panic!("unexpected first line: {line}"))
         .parse()
         .unwrap();
+    drop(stderr);
     Supervised { child, addr, log }
 }
 
-/// Keeps the child's stderr (the supervisor's and the workers' logs).
+/// Keeps the child's stderr (the supervisor's and the workers' logs), if it is still there.
 fn collect(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().unwrap();
+    let Some(stderr) = child.stderr.take() else {
+        return log;
+    };
     let kept = log.clone();
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
@@ -386,30 +396,10 @@ async fn each_worker_labels_its_metrics_with_its_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_serve_with_stderr_gone_and_exit_when_their_supervisor_is_killed() {
-    let mut child = tokio::process::Command::new(mixed_binary())
-        .args(["--bind", "127.0.0.1:0", "--workers", "2"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting the mixed example");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = within("the supervisor to listen", stdout.next_line())
-        .await
-        .unwrap()
-        .expect("a first line");
-    let addr: std::net::SocketAddr = line
-        .strip_prefix("listening on http://")
-        .expect("an address")
-        .parse()
-        .unwrap();
-    // Whoever read the logs is gone: every log line now fails to be written.
-    drop(child.stderr.take());
+    let mut s = launch(&["--workers", "2"], false).await;
     let mut pids = BTreeSet::new();
     for _ in 0..20 {
-        let r = get(addr, Proto::H1, "/sync/info").await;
+        let r = get(s.addr, Proto::H1, "/sync/info").await;
         assert_eq!(
             r.status,
             StatusCode::OK,
@@ -419,8 +409,8 @@ async fn workers_serve_with_stderr_gone_and_exit_when_their_supervisor_is_killed
     }
     assert_eq!(pids.len(), 2, "{pids:?}");
     // SIGKILL: the supervisor tells nobody anything.
-    signal(&child.id().unwrap().to_string(), "KILL");
-    let _ = within("the supervisor to die", child.wait()).await;
+    s.signal("KILL");
+    let _ = within("the supervisor to die", s.child.wait()).await;
     for pid in pids {
         eventually("an orphaned worker to exit", || ended(pid)).await;
     }

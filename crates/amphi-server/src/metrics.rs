@@ -200,29 +200,32 @@ impl Metrics {
     /// type `text/plain; version=0.0.4`), for a mount such as `/metrics`. Other methods get
     /// `405`.
     pub fn handler(&self) -> impl AsyncHandler {
+        self.page(|metrics, _| {
+            text(
+                StatusCode::OK,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                metrics.encode(),
+            )
+        })
+    }
+
+    /// A read-only page of these metrics: `answer` for `GET` and `HEAD`, `405` for the rest.
+    pub(crate) fn page(
+        &self,
+        answer: fn(&Metrics, &AsyncRequest) -> Response<AsyncBody>,
+    ) -> impl AsyncHandler {
         let metrics = self.clone();
         async_fn(move |req: AsyncRequest| {
-            let metrics = metrics.clone();
-            async move {
-                if let Some(refused) = refuse_unless_get(&req) {
-                    return refused;
-                }
-                text(
-                    StatusCode::OK,
-                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                    metrics.encode(),
-                )
-            }
+            std::future::ready(if matches!(*req.method(), Method::GET | Method::HEAD) {
+                answer(&metrics, &req)
+            } else {
+                text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
+            })
         })
     }
 }
 
-/// `405` for a request to a read-only page that is not a `GET` (or `HEAD`).
-pub(crate) fn refuse_unless_get(req: &AsyncRequest) -> Option<Response<AsyncBody>> {
-    (!matches!(*req.method(), Method::GET | Method::HEAD))
-        .then(|| text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n"))
-}
-
+/// A text response of `content_type`, never cached.
 pub(crate) fn text(
     status: StatusCode,
     content_type: &'static str,

@@ -6,12 +6,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use amphi_core::{async_fn, AsyncHandler, AsyncRequest};
+use amphi_core::{AsyncHandler, AsyncRequest};
 use amphi_sync_to_async::PoolStats;
 use http::{header, StatusCode};
 
 use crate::access::HandlerKind;
-use crate::metrics::{human, refuse_unless_get, text, Metrics, RouteSnapshot};
+use crate::metrics::{human, text, Metrics, RouteSnapshot};
 
 /// A snapshot of what a server served, per route, and what to migrate next: what
 /// [`Metrics::report`] returns and [`Metrics::report_handler`] serves.
@@ -135,19 +135,12 @@ impl Metrics {
     /// path below the mount is `/json`, or the request accepts `application/json` and not
     /// `text/html`. Other methods than `GET` get `405`.
     pub fn report_handler(&self) -> impl AsyncHandler {
-        let metrics = self.clone();
-        async_fn(move |req: AsyncRequest| {
-            let metrics = metrics.clone();
-            async move {
-                if let Some(refused) = refuse_unless_get(&req) {
-                    return refused;
-                }
-                let report = metrics.report();
-                if wants_json(&req) {
-                    text(StatusCode::OK, "application/json", report.to_json())
-                } else {
-                    text(StatusCode::OK, "text/html; charset=utf-8", report.to_html())
-                }
+        self.page(|metrics, req| {
+            let report = metrics.report();
+            if wants_json(req) {
+                text(StatusCode::OK, "application/json", report.to_json())
+            } else {
+                text(StatusCode::OK, "text/html; charset=utf-8", report.to_html())
             }
         })
     }
@@ -622,14 +615,7 @@ fn bars(
         h.push_str("<text x=\"0\" y=\"18\">no routes yet</text>\n");
     }
     for (i, r) in routes.iter().enumerate() {
-        let y = 4.0 + ROW_H * i as f64;
-        let _ = writeln!(
-            h,
-            "<text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            LABEL_W - 8.0,
-            y + 16.0,
-            esc(&r.route)
-        );
+        let y = row_label(h, i, &r.route);
         let _ = writeln!(
             h,
             "<rect x=\"{LABEL_W}\" y=\"{:.1}\" width=\"{BAR_W}\" height=\"18\" fill=\"#f1f3f5\"/>",
@@ -686,14 +672,7 @@ fn latency(h: &mut String, routes: &[&RouteReport]) {
         );
     }
     for (i, r) in routes.iter().enumerate() {
-        let y = 4.0 + ROW_H * i as f64;
-        let _ = writeln!(
-            h,
-            "<text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            LABEL_W - 8.0,
-            y + 16.0,
-            esc(&r.route)
-        );
+        let y = row_label(h, i, &r.route);
         let (Some(p50), Some(p99)) = (r.p50, r.p99) else {
             let _ = writeln!(
                 h,
@@ -722,6 +701,19 @@ fn latency(h: &mut String, routes: &[&RouteReport]) {
         row_caption(h, y, &c);
     }
     h.push_str("</svg>\n");
+}
+
+/// Starts a chart's row `i` with its route's name left of the bars; returns the row's top.
+fn row_label(h: &mut String, i: usize, route: &str) -> f64 {
+    let y = 4.0 + ROW_H * i as f64;
+    let _ = writeln!(
+        h,
+        "<text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+        LABEL_W - 8.0,
+        y + 16.0,
+        esc(route)
+    );
+    y
 }
 
 /// The caption right of a chart's row at `y`.
