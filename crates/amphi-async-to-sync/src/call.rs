@@ -4,9 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use std::time::Instant;
-
-use amphi_core::plumbing::{observer, Crossing};
+use amphi_core::plumbing::{Crossing, TimedCrossing};
 use amphi_core::Error;
 
 use crate::frame::{block_on_drive, lend, Drive};
@@ -84,23 +82,18 @@ use crate::frame::{block_on_drive, lend, Drive};
 pub fn async_to_sync<F: Future>(future: F) -> Result<F::Output, Error> {
     let (loan, context) = lend();
     let span = tracing::Span::current();
-    // The request's observer, if its server keeps metrics: told how long this thread waited
-    // for the future. Without one, no clock is read.
-    let timed = context
+    // The request's observer, if its server keeps metrics, is told how long this thread
+    // waited for the future.
+    let _timed = context
         .as_ref()
-        .and_then(observer)
-        .map(|o| (o.clone(), Instant::now()));
+        .map(|c| TimedCrossing::start(c, Crossing::AsyncToSync));
     let mut future = std::pin::pin!(future);
-    let result = block_on_drive(
+    block_on_drive(
         &mut PinnedFuture(future.as_mut()),
         context.as_ref(),
         &span,
         &loan,
-    );
-    if let Some((o, since)) = timed {
-        o.crossed(Crossing::AsyncToSync, since.elapsed());
-    }
-    result
+    )
 }
 
 struct PinnedFuture<'a, F>(Pin<&'a mut F>);

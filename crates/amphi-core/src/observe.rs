@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::Context;
 
@@ -87,6 +87,54 @@ pub fn observed_context(observer: Arc<dyn Observer>) -> Context {
 /// The observer of `context`'s request, if its server put one there.
 pub fn observer(context: &Context) -> Option<&Arc<dyn Observer>> {
     context.observer()
+}
+
+/// The observer of the request whose context `token` belongs to (a context's
+/// [`token`](Context::token)), if its server put one there: for code that holds the token
+/// alone, such as a wait for a pool slot.
+pub fn token_observer(token: &crate::CancellationToken) -> Option<&Arc<dyn Observer>> {
+    token.observer()
+}
+
+/// Tells the observer of a context's request how long a crossing ran, when dropped (also when
+/// the work panicked): what an adapter holds while the crossing's work runs. It borrows the
+/// context rather than holding the observer, so no reference count is taken, and reads no
+/// clock when the context has no observer.
+///
+/// ```
+/// use amphi_core::plumbing::{Crossing, TimedCrossing};
+/// use amphi_core::Context;
+///
+/// let context = Context::new();
+/// {
+///     let _timed = TimedCrossing::start(&context, Crossing::SyncToAsync);
+///     // ... the crossing's work ...
+/// } // reported here, to nobody: this context has no observer.
+/// ```
+#[derive(Debug)]
+pub struct TimedCrossing<'a> {
+    context: &'a Context,
+    crossing: Crossing,
+    since: Option<Instant>,
+}
+
+impl<'a> TimedCrossing<'a> {
+    /// Starts timing `crossing` for `context`'s request.
+    pub fn start(context: &'a Context, crossing: Crossing) -> TimedCrossing<'a> {
+        TimedCrossing {
+            context,
+            crossing,
+            since: observer(context).map(|_| Instant::now()),
+        }
+    }
+}
+
+impl Drop for TimedCrossing<'_> {
+    fn drop(&mut self) {
+        if let (Some(since), Some(o)) = (self.since, observer(self.context)) {
+            o.crossed(self.crossing, since.elapsed());
+        }
+    }
 }
 
 /// How an observer shows in a context's `Debug`.

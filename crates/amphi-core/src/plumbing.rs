@@ -23,5 +23,7 @@
 
 pub use crate::asgi::{EventSource, MessageSink, SharedEventSource, SharedMessageSink};
 pub use crate::into_response::take_handler_error;
-pub use crate::observe::{observed_context, observer, Crossing, Observer};
+pub use crate::observe::{
+    observed_context, observer, token_observer, Crossing, Observer, TimedCrossing,
+};
 pub use crate::thread_sensitive::{Job, LentGuard, LentThread};

@@ -51,6 +51,10 @@ pub(crate) struct AccessRecord {
     /// metrics.
     #[cfg(feature = "metrics")]
     stats: Option<u32>,
+    /// Whether the line is logged: `false` when only the metrics made the record read the
+    /// clock (`started`), so its end records the counters and stops there.
+    #[cfg(feature = "metrics")]
+    logs: bool,
 }
 
 impl AccessRecord {
@@ -79,6 +83,8 @@ impl AccessRecord {
             span: crate::observe::RequestSpan::default(),
             #[cfg(feature = "metrics")]
             stats: None,
+            #[cfg(feature = "metrics")]
+            logs: true,
         }
     }
 
@@ -109,6 +115,8 @@ impl AccessRecord {
             span: crate::observe::RequestSpan::default(),
             #[cfg(feature = "metrics")]
             stats: None,
+            #[cfg(feature = "metrics")]
+            logs: true,
         }
     }
 
@@ -126,6 +134,7 @@ impl AccessRecord {
         }
         // The duration needs both ends, whether or not the log line is written.
         if self.started.is_none() {
+            self.logs = false;
             self.started = Some(Instant::now());
         }
         self.stats = stats;
@@ -163,6 +172,10 @@ impl Drop for AccessRecord {
         {
             let took = now.saturating_duration_since(started);
             stats.record(&self.method, status, took, self.outcome, cutting);
+        }
+        #[cfg(feature = "metrics")]
+        if !self.logs {
+            return;
         }
         let _span = self.span.enter();
         // Computed inside each event, which evaluates its fields only when it is enabled: at

@@ -270,8 +270,9 @@ impl Server {
     /// should be served. Time spent blocking is counted per route (each sync handler's and
     /// `sync_to_async` call's own time); the pool's total busy time too when it measures it
     /// ([`BlockingPool::measure_busy_time`], on a pool given with
-    /// [`blocking_pool`](Server::blocking_pool)), which costs two clock reads and two atomic
-    /// adds on counters every blocking thread shares, per call.
+    /// [`blocking_pool`](Server::blocking_pool)), which costs per call two clock reads, two
+    /// atomic adds on counters every blocking thread shares, and a reference count taken and
+    /// dropped on them.
     ///
     /// # Examples
     ///

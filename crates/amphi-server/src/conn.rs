@@ -23,8 +23,10 @@ pub(crate) struct Counters {
     /// Set when shutdown starts, before the drain delay: health answers `503`.
     pub(crate) draining: AtomicBool,
     /// Connections open now (a tower host's `RouterService` counts as one), for metrics.
+    #[cfg(feature = "metrics")]
     pub(crate) connections_open: AtomicUsize,
     /// Connections accepted, for metrics.
+    #[cfg(feature = "metrics")]
     pub(crate) connections: AtomicU64,
     /// Every route's counters, by the index its `Route` has, when the server keeps metrics.
     #[cfg(feature = "metrics")]
@@ -57,8 +59,11 @@ impl ConnState {
         counters: Arc<Counters>,
         peer: Option<std::net::SocketAddr>,
     ) -> Arc<ConnState> {
-        counters.connections_open.fetch_add(1, Ordering::Relaxed);
-        counters.connections.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            counters.connections_open.fetch_add(1, Ordering::Relaxed);
+            counters.connections.fetch_add(1, Ordering::Relaxed);
+        }
         Arc::new(ConnState {
             counters,
             peer,
@@ -105,6 +110,7 @@ impl ConnState {
     }
 }
 
+#[cfg(feature = "metrics")]
 impl Drop for ConnState {
     fn drop(&mut self) {
         self.counters

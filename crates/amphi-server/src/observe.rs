@@ -37,7 +37,7 @@ pub(crate) struct RequestObs {
 /// A request's span, where the request keeps it (its record, its driver): boxed, and only
 /// when a subscriber wants it, so a request without one carries a null pointer and its
 /// futures stay as small as without spans.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct RequestSpan(Option<Box<tracing::Span>>);
 
 impl RequestSpan {
@@ -52,12 +52,6 @@ impl RequestSpan {
 
     pub(crate) fn is_some(&self) -> bool {
         self.0.is_some()
-    }
-}
-
-impl Clone for RequestSpan {
-    fn clone(&self) -> RequestSpan {
-        RequestSpan(self.0.clone())
     }
 }
 
@@ -77,7 +71,7 @@ impl Observe {
                 id: None,
             };
         }
-        let id = client_id(headers)
+        let id = crate::reply::get(headers, &X_REQUEST_ID)
             .filter(|v| is_sane(v.as_bytes()))
             .cloned()
             .unwrap_or_else(generate);
@@ -109,18 +103,6 @@ pub(crate) fn request_context(route: &Route, conn: Option<&ConnState>) -> Contex
     }
     let _ = (route, conn);
     Context::new()
-}
-
-/// The client's `x-request-id`. A request carries a handful of headers, and comparing that
-/// many names is cheaper than hashing one (as `reply::has` does).
-fn client_id(headers: &HeaderMap) -> Option<&HeaderValue> {
-    if headers.len() <= 8 {
-        headers
-            .iter()
-            .find_map(|(k, v)| (*k == X_REQUEST_ID).then_some(v))
-    } else {
-        headers.get(&X_REQUEST_ID)
-    }
 }
 
 /// Whether a client's request id is used as it is: 1 to [`MAX_REQUEST_ID`] visible ASCII

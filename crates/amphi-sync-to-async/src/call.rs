@@ -6,9 +6,8 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
 
-use amphi_core::plumbing::{observer, Crossing};
+use amphi_core::plumbing::{Crossing, TimedCrossing};
 use amphi_core::{Context, DropGuard, Error, ErrorKind, ThreadSensitive};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -170,9 +169,7 @@ where
         };
         // A wait for a pool slot ends early when the token flips; it reports to the request's
         // observer (a server's metrics), if any, when it has to wait.
-        let pool = self
-            .pool
-            .map(|p| (p, context.token().clone(), observer(&context).cloned()));
+        let pool = self.pool.map(|p| (p, context.token().clone()));
         let run = move || {
             // A call whose future was dropped (or whose request was cancelled) before it
             // started does not start; a pool slot it holds goes back as it returns.
@@ -182,14 +179,14 @@ where
             let _context = context.enter();
             let _span = span.enter();
             // Without an observer in the context (no server metrics), no clock is read.
-            let _timed = Timed::start(&context, Crossing::SyncToAsync);
+            let _timed = TimedCrossing::start(&context, Crossing::SyncToAsync);
             Some(f())
         };
         let state = match (pool, place) {
             (None, None) => State::Running(tokio::task::spawn_blocking(run)),
             (None, Some(ts)) => submit(&ts, run),
-            (Some((pool, token, observed)), place) => State::Waiting(Box::pin(async move {
-                let slot = pool.acquire(&token, observed.as_deref()).await?;
+            (Some((pool, token)), place) => State::Waiting(Box::pin(async move {
+                let slot = pool.acquire(&token).await?;
                 let run = move || {
                     let _slot = slot;
                     run()
@@ -213,33 +210,6 @@ impl<F> fmt::Debug for SyncCall<F> {
             .field("pool", &self.pool)
             .field("place", &self.place)
             .finish_non_exhaustive()
-    }
-}
-
-/// Tells the observer of `context`'s request (a server's metrics) how long a crossing ran
-/// when dropped, also when the work panicked. It borrows the context the work runs in rather
-/// than holding the observer: no reference count is taken on the blocking thread.
-pub(crate) struct Timed<'a> {
-    context: &'a Context,
-    crossing: Crossing,
-    since: Option<Instant>,
-}
-
-impl<'a> Timed<'a> {
-    pub(crate) fn start(context: &'a Context, crossing: Crossing) -> Timed<'a> {
-        Timed {
-            context,
-            crossing,
-            since: observer(context).map(|_| Instant::now()),
-        }
-    }
-}
-
-impl Drop for Timed<'_> {
-    fn drop(&mut self) {
-        if let (Some(since), Some(o)) = (self.since, observer(self.context)) {
-            o.crossed(self.crossing, since.elapsed());
-        }
     }
 }
 

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use amphi_core::plumbing::observer;
 use amphi_core::{BlockingBody, Error, HttpScope, SyncHandler};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -95,11 +94,9 @@ impl<H: SyncHandler> SyncToAsync<H> {
                 None => {
                     let pool = pool.clone();
                     let token = start.scope.context().token().clone();
-                    let observed = observer(start.scope.context()).cloned();
                     // The wait hands the pool back with the slot, for the launch.
-                    let wait: QueueWait = Box::pin(async move {
-                        Ok((pool.acquire(&token, observed.as_deref()).await?, pool))
-                    });
+                    let wait: QueueWait =
+                        Box::pin(async move { Ok((pool.acquire(&token).await?, pool)) });
                     return HttpCall {
                         stage: Stage::Queued(Box::new((wait, start))),
                     };

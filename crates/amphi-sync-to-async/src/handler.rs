@@ -7,14 +7,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use amphi_core::plumbing::{observer, take_handler_error, Crossing};
+use amphi_core::plumbing::{take_handler_error, Crossing, TimedCrossing};
 use amphi_core::{
     AsyncHandler, BlockingBody, BoxFuture, Context, Error, ErrorKind, Event, HttpScope, Message,
     Receiver, Scope, Sender, SyncHandler, SyncRequest, SyncResponse, ThreadSensitive,
 };
 use bytes::Bytes;
 
-use crate::call::Timed;
 use crate::exchange::{AsyncEnd, Exchange, Out, Outcome};
 use crate::pool::{BlockingPool, Slot};
 
@@ -260,8 +259,7 @@ impl<H: SyncHandler> SyncToAsync<H> {
                     Box::pin(async move {
                         let context = launch.scope.context();
                         let token = context.token().clone();
-                        let observed = observer(context).cloned();
-                        let slot = pool.acquire(&token, observed.as_deref()).await?;
+                        let slot = pool.acquire(&token).await?;
                         Serve::Launch(Launch {
                             slot: Some(slot),
                             ..launch
@@ -465,7 +463,7 @@ pub(crate) fn spawn_blocking_work<R: Report>(
             let _span = span.enter();
             // The request's observer (a server with metrics), if any, hears how long the
             // handler held its blocking thread, its streamed body (or websocket) included.
-            let _timed = Timed::start(&context, Crossing::SyncHandler);
+            let _timed = TimedCrossing::start(&context, Crossing::SyncHandler);
             work()
         };
         // The slot is back before the caller hears the outcome: a caller that saw its

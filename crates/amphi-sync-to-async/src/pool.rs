@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use amphi_core::plumbing::Observer;
+use amphi_core::plumbing::token_observer;
 use amphi_core::{CancellationToken, Error, ErrorKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -213,7 +213,9 @@ impl BlockingPool {
 
     /// Measures how long each call holds its slot, for [`stats`](BlockingPool::stats)'s
     /// busy time (two clock reads per call, and a count), or stops measuring; off by default.
-    /// It applies to every handle to these slots. A server with metrics turns it on.
+    /// It applies to every handle to these slots. Nothing turns it on for you: a server's
+    /// metrics count each route's blocking time without it, and report the pool's total busy
+    /// time only when the pool they are given measures it.
     #[must_use]
     pub fn measure_busy_time(self, on: bool) -> BlockingPool {
         self.counters.timing.store(on, Ordering::Relaxed);
@@ -290,9 +292,9 @@ impl BlockingPool {
         }
     }
 
-    /// Takes a slot, waiting up to the queue timeout, for a call that runs under `token`. A
-    /// call that has to wait tells `observer` (its request's) how long, and whether it was
-    /// refused.
+    /// Takes a slot, waiting up to the queue timeout, for a call that runs under `token` (its
+    /// request context's). A call that has to wait tells the request's observer, if any, how
+    /// long, and whether it was refused.
     ///
     /// # Errors
     ///
@@ -303,11 +305,7 @@ impl BlockingPool {
     /// # Cancellation
     ///
     /// Dropping the future while it waits takes no slot.
-    pub(crate) async fn acquire(
-        &self,
-        token: &CancellationToken,
-        observer: Option<&dyn Observer>,
-    ) -> Result<Slot, Error> {
+    pub(crate) async fn acquire(&self, token: &CancellationToken) -> Result<Slot, Error> {
         // The fast path takes no timer and no clock: most calls find a slot free. A call
         // whose token has flipped by now is skipped where its job is taken (see
         // `spawn_blocking_side`).
@@ -315,6 +313,7 @@ impl BlockingPool {
             return Ok(slot);
         }
         let c = &*self.counters;
+        let observer = token_observer(token);
         if self.queue_timeout.is_zero() {
             c.waits.fetch_add(1, Ordering::Relaxed);
             c.saturations.fetch_add(1, Ordering::Relaxed);
