@@ -203,36 +203,31 @@ async fn compare() -> Result<(), Box<dyn std::error::Error>> {
         let serving = server(stage, &metrics).bind("127.0.0.1:0").await?;
         let addr = serving.local_addr().ok_or("a TCP address")?;
         workload(addr).await?;
-        let report: serde_json::Value = serde_json::from_str(&metrics.report().to_json())?;
+        let report = metrics.report();
         // Before the migration the count is served by the legacy mount: it is `/notes`.
         let route = if stage == Stage::Legacy {
             "/notes"
         } else {
             "/notes/count"
         };
-        let r = report["routes"]
-            .as_array()
-            .and_then(|rs| rs.iter().find(|r| r["route"] == route))
+        let r = report
+            .routes
+            .iter()
+            .find(|r| r.route == route)
             .ok_or("the route in the report")?;
-        let ms = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) * 1e3;
-        let first = &report["migrate_next"][0];
-        let advice = if first.is_null() {
-            "nothing left blocking".to_owned()
-        } else {
-            format!(
-                "{}: {}",
-                first["route"].as_str().unwrap_or("?"),
-                first["reason"].as_str().unwrap_or("?")
-            )
+        let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        let advice = match report.migrate_next.first() {
+            None => "nothing left blocking".to_owned(),
+            Some(first) => format!("{}: {}", first.route, first.reason),
         };
         println!(
             "{:<8} {:<7} {:>6} {:>13.1} {:>9.2} {:>9.2}   {advice}",
             stage.name(),
-            r["kind"].as_str().unwrap_or("?"),
-            r["requests"].as_u64().unwrap_or(0),
-            ms(&r["blocking_seconds"]),
-            ms(&r["p50_seconds"]),
-            ms(&r["p99_seconds"]),
+            r.kind,
+            r.requests,
+            ms(Some(r.blocking)),
+            ms(r.p50),
+            ms(r.p99),
         );
         serving.shutdown().await?;
     }

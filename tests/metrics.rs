@@ -369,6 +369,7 @@ async fn the_mixed_example_serves_metrics_and_the_report_unless_told_not_to() {
         let r = conn.post(page, full("x")).await;
         assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "POST {page}");
         assert_eq!(r.text(), "use GET\n");
+        assert_eq!(r.header("allow"), Some("GET, HEAD"));
     }
     serving.shutdown().await.unwrap();
 
@@ -380,6 +381,43 @@ async fn the_mixed_example_serves_metrics_and_the_report_unless_told_not_to() {
     assert_eq!(
         get(addr, Proto::H1, "/metrics").await.status,
         StatusCode::NOT_FOUND
+    );
+    serving.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_handler_behind_tower_layers_counts_its_blocking_time_on_its_route() {
+    init_tracing();
+    let metrics = Metrics::new();
+    let layered = Router::new()
+        .mount_sync("/", sync_fn(|_req| "behind layers"))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(10),
+        ));
+    let router = Router::new()
+        .nest("/layered", layered)
+        .mount_async("/metrics", metrics.handler());
+    let serving = within(
+        "binding",
+        Server::new(router).metrics(&metrics).bind("127.0.0.1:0"),
+    )
+    .await
+    .unwrap();
+    let mut conn = Conn::open(serving.local_addr().unwrap(), Proto::H1).await;
+    for _ in 0..2 {
+        assert_eq!(conn.get("/layered/x").await.text(), "behind layers");
+    }
+    let text = conn.get("/metrics").await.text().to_owned();
+    let labels = [
+        ("route", "/layered"),
+        ("kind", "tower"),
+        ("crossing", "sync_handler"),
+    ];
+    assert_eq!(
+        sample(&text, "amphi_crossings_total", &labels),
+        Some(2.0),
+        "{text}"
     );
     serving.shutdown().await.unwrap();
 }

@@ -197,8 +197,8 @@ impl Metrics {
     }
 
     /// An async handler that answers every `GET` with [`encode`](Metrics::encode) (content
-    /// type `text/plain; version=0.0.4`), for a mount such as `/metrics`. Other methods get
-    /// `405`.
+    /// type `text/plain; version=0.0.4`), for a mount such as `/metrics`. Methods other than
+    /// `GET` and `HEAD` get `405` with an `Allow` header.
     pub fn handler(&self) -> impl AsyncHandler {
         self.page(|metrics, _| {
             text(
@@ -219,7 +219,10 @@ impl Metrics {
             std::future::ready(if matches!(*req.method(), Method::GET | Method::HEAD) {
                 answer(&metrics, &req)
             } else {
-                text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
+                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+                r.headers_mut()
+                    .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                r
             })
         })
     }

@@ -94,7 +94,18 @@ impl Observe {
 
 /// The context of a request to `route` on `conn`: observed by the route's counters when the
 /// server keeps metrics, so its crossings are counted against it.
+///
+/// Behind tower layers (`Router::layer`: no connection of its own), the request is the inner
+/// half of an outer one, whose context is current while the layers call and poll the inner
+/// router: it is the parent, so the outer route's observer counts the inner crossings and the
+/// outer request's cancellation reaches them.
 pub(crate) fn request_context(route: &Route, conn: Option<&ConnState>) -> Context {
+    #[cfg(feature = "tower")]
+    if conn.is_none() {
+        if let Some(outer) = Context::current() {
+            return outer.child();
+        }
+    }
     #[cfg(feature = "metrics")]
     if let (Some(i), Some(conn)) = (route.stats, conn) {
         if let Some(o) = crate::metrics::observer(conn, i as usize) {

@@ -133,7 +133,7 @@ impl Metrics {
     /// An async handler serving the [`report`](Metrics::report), for a mount such as
     /// `/_amphi/report`: the HTML page, or the JSON when the query has `format=json`, the
     /// path below the mount is `/json`, or the request accepts `application/json` and not
-    /// `text/html`. Other methods than `GET` get `405`.
+    /// `text/html`. Methods other than `GET` and `HEAD` get `405` with an `Allow` header.
     pub fn report_handler(&self) -> impl AsyncHandler {
         self.page(|metrics, req| {
             let report = metrics.report();
@@ -236,7 +236,7 @@ fn advise(routes: &[RouteReport]) -> Vec<Advice> {
                     r.saturations
                 );
             }
-            reason.push_str("most blocking time: ");
+            reason.push_str("blocking: ");
             human(r.handler_blocking.as_secs_f64(), &mut reason);
             let _ = write!(
                 reason,
@@ -414,12 +414,11 @@ impl Report {
             h.push_str("</ol>\n");
         }
         h.push_str("</section>\n");
-        let shown: Vec<&RouteReport> = self.routes.iter().collect();
         h.push_str("<h2>Share of traffic</h2>\n<section>\n");
         bars(
             &mut h,
             "share of traffic per route",
-            &shown,
+            &self.routes,
             Some(self.requests as f64),
             &[("requests", |r: &RouteReport| r.requests as f64, None)],
             |r, out| {
@@ -436,7 +435,7 @@ impl Report {
         bars(
             &mut h,
             "blocking time per route",
-            &shown,
+            &self.routes,
             None,
             &[
                 (
@@ -477,7 +476,7 @@ impl Report {
             "<p class=\"legend\"><span class=\"sw\" style=\"background:#74c0fc\"></span>p50",
             "<span class=\"sw\" style=\"background:#1864ab\"></span>p99 (from the histogram's buckets)</p>\n"
         ));
-        latency(&mut h, &shown);
+        latency(&mut h, &self.routes);
         h.push_str("</section>\n<h2>Routes</h2>\n<section>\n");
         self.table(&mut h);
         h.push_str(
@@ -594,7 +593,7 @@ const ROW_H: f64 = 26.0;
 fn bars(
     h: &mut String,
     title: &str,
-    routes: &[&RouteReport],
+    routes: &[RouteReport],
     full: Option<f64>,
     parts: &[Part],
     caption: impl Fn(&RouteReport, &mut String),
@@ -646,7 +645,7 @@ fn bars(
 }
 
 /// p50 and p99 per route on a logarithmic axis from 10 µs to 10 s.
-fn latency(h: &mut String, routes: &[&RouteReport]) {
+fn latency(h: &mut String, routes: &[RouteReport]) {
     let (lo, hi) = (1e-5f64.log10(), 10f64.log10());
     let x_of = |s: f64| LABEL_W + (s.max(1e-5).log10() - lo) / (hi - lo) * BAR_W;
     let height = ROW_H * routes.len().max(1) as f64 + 28.0;

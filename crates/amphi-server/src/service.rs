@@ -365,7 +365,14 @@ impl ConnService {
             });
         }
         let body = crate::mounted::RequestBody::new(body, self.app.max_body, self.app.body_rate);
-        let fut = service.call(Request::from_parts(parts, body));
+        // Layers may call the inner service right here (most do): the request's context and
+        // span are current, as they are when the call is polled, so a router behind layers
+        // runs its handlers inside both.
+        let fut = {
+            let _context = context.enter();
+            let _span = span.enter();
+            service.call(Request::from_parts(parts, body))
+        };
         ResponseFuture::service(crate::response::ServiceCalling::new(
             fut, context, record, drain, span,
         ))
