@@ -112,7 +112,9 @@ impl Page {
         }
     }
 
-    /// The console errors, uncaught exceptions and failed loads seen.
+    /// The console errors, uncaught exceptions and failed loads seen. The page has no script,
+    /// but the renderer reports here what it cannot draw: an SVG attribute it cannot parse
+    /// (`width="NaN"`) is a `Log.entryAdded` error.
     fn problems(&self) -> Vec<String> {
         self.events
             .iter()
@@ -228,7 +230,11 @@ async fn the_report_renders_in_headless_chromium_without_console_errors() {
                         rects: document.querySelectorAll('svg rect').length, \
                         advice: document.querySelectorAll('ol li').length, \
                         rows: document.querySelectorAll('tbody tr').length, \
-                        scripts: document.scripts.length})",
+                        scripts: document.scripts.length, \
+                        svgNamespace: document.querySelector('svg').namespaceURI, \
+                        unrendered: [...document.querySelectorAll('svg rect')] \
+                            .filter(r => !(r.getBoundingClientRect().width > 0)).length, \
+                        chartWidth: document.querySelector('svg').getBoundingClientRect().width})",
                     "returnByValue": true,
                 }),
             )
@@ -259,5 +265,9 @@ async fn the_report_renders_in_headless_chromium_without_console_errors() {
     // /legacy, /wrapped, /fast and the report itself.
     assert_eq!(seen["rows"], 4, "{seen}");
     assert_eq!(seen["scripts"], 0);
+    // What only a renderer knows: the charts are laid out as SVG, every bar has a width.
+    assert_eq!(seen["svgNamespace"], "http://www.w3.org/2000/svg", "{seen}");
+    assert_eq!(seen["unrendered"], 0, "bars laid out with no width: {seen}");
+    assert!(seen["chartWidth"].as_f64().unwrap() > 100.0, "{seen}");
     serving.shutdown().await.unwrap();
 }
