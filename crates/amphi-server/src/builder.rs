@@ -672,16 +672,14 @@ impl Server {
             counters: &counters,
             sessions: &sessions,
         })?;
-        #[allow(unused_mut, clippy::needless_update)] // `unmatched` is there with `metrics`
-        let mut observe = Observe {
+        let observe = Observe {
             spans: self.request_spans,
-            ..Observe::default()
+            #[cfg(feature = "metrics")]
+            unmatched: self
+                .metrics
+                .as_ref()
+                .map(|m| m.attach(&mut routes.routes, &pool, &counters, &sessions)),
         };
-        #[cfg(feature = "metrics")]
-        if let Some(metrics) = &self.metrics {
-            observe.unmatched =
-                Some(metrics.attach(&mut routes.routes, &pool, &counters, &sessions));
-        }
         let app = Arc::new(App {
             routes,
             state: self.state.clone(),

@@ -20,7 +20,8 @@ use crate::metrics::{human, text, Metrics, RouteSnapshot};
 pub struct Report {
     /// Since the metrics were made.
     pub uptime: Duration,
-    /// Requests counted, every route together (the report's own included).
+    /// Requests counted, every route together (earlier requests for the report included, not
+    /// the one being answered).
     pub requests: u64,
     /// Every mounted route, and `unmatched` once a request matched none; the busiest first.
     pub routes: Vec<RouteReport>,
@@ -291,7 +292,11 @@ fn secs(d: Duration) -> f64 {
 }
 
 impl Report {
-    /// The report as JSON: the same data as the page.
+    /// The report as JSON: the same data as the page. Durations are in seconds, in keys that
+    /// say so (`p50_seconds`, `blocking_seconds`, `weight_seconds`, ...; `null` without
+    /// requests); each route's `sync_to_async`, `async_to_sync` and `slot_waits` are objects
+    /// of a count (`calls`, `count`) and `seconds`; `statuses` maps each status seen to its
+    /// count; `migrate_next` is ranked from 1; `pool` says `busy` for the slots taken.
     pub fn to_json(&self) -> String {
         use serde_json::{json, Map, Value};
         let opt = |d: Option<Duration>| d.map_or(Value::Null, |d| json!(secs(d)));
