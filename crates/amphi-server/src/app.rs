@@ -67,11 +67,7 @@ impl Route {
 
     /// The label of this route in spans and metrics: its prefix, `/` for the root.
     pub(crate) fn label(&self) -> &str {
-        if self.prefix.is_empty() {
-            "/"
-        } else {
-            &self.prefix
-        }
+        shown(&self.prefix)
     }
 
     /// Whether a request for this route is answered 404 without calling anything.
@@ -102,5 +98,14 @@ impl RouteTable {
                 None => false,
             }
         })
+    }
+}
+
+/// A mount prefix as people read it: `/` for the root (stored as the empty prefix).
+pub(crate) fn shown(prefix: &str) -> &str {
+    if prefix.is_empty() {
+        "/"
+    } else {
+        prefix
     }
 }

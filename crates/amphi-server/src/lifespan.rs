@@ -146,7 +146,7 @@ impl Lifespans {
             running: Vec::new(),
         };
         for (prefix, handler) in handlers {
-            let shown = if prefix.is_empty() { "/" } else { &prefix };
+            let shown = crate::app::shown(&prefix);
             match start_one(shown, handler, state.clone()).await {
                 Started::Yes(r) => started.running.push(r),
                 Started::Unsupported => {}

@@ -113,11 +113,7 @@ impl Router {
         assert!(
             self.mounts.iter().all(|m| m.prefix() != mount.prefix()),
             "mount prefix {:?} is already mounted on this router",
-            if mount.prefix().is_empty() {
-                "/"
-            } else {
-                mount.prefix()
-            }
+            crate::app::shown(mount.prefix())
         );
         self.mounts.push(mount);
         self
@@ -272,11 +268,7 @@ impl Router {
     pub fn prefixes(&self) -> Vec<String> {
         let mut out = Vec::new();
         self.flatten("", true, &mut |prefix, _| {
-            out.push(if prefix.is_empty() {
-                "/".to_owned()
-            } else {
-                prefix.to_owned()
-            })
+            out.push(crate::app::shown(prefix).to_owned())
         });
         out
     }
@@ -331,10 +323,7 @@ impl Router {
         self.flatten(base, false, &mut |prefix, flat| {
             if !seen.insert(prefix.to_owned()) {
                 failed.get_or_insert_with(|| {
-                    ServeError::routes(format!(
-                        "two mounts at {:?}",
-                        if prefix.is_empty() { "/" } else { prefix }
-                    ))
+                    ServeError::routes(format!("two mounts at {:?}", crate::app::shown(prefix)))
                 });
                 return;
             }
