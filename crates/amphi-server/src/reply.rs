@@ -30,22 +30,28 @@ pub(crate) fn length_mismatch(status: StatusCode, headers: &http::HeaderMap, len
             .any(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) != Some(len))
 }
 
-/// Whether `headers` holds `name` (see [`get`]).
+/// Whether `headers` holds `name`. Requests and responses carry a handful of headers, and
+/// comparing that many names is cheaper than hashing one; larger maps are looked up as usual.
+#[inline]
 pub(crate) fn has(headers: &http::HeaderMap, name: &http::HeaderName) -> bool {
-    get(headers, name).is_some()
+    if headers.len() <= 8 {
+        headers.keys().any(|k| k == name)
+    } else {
+        headers.contains_key(name)
+    }
 }
 
-/// The first value of `name` in `headers`. Requests and responses carry a handful of headers,
-/// and comparing that many names is cheaper than hashing one; larger maps are looked up as
-/// usual.
+/// The first value of `name` in `headers`: looked up (hashed) only when [`has`] says it is
+/// there, which for most headers asked about it is not.
+#[inline]
 pub(crate) fn get<'h>(
     headers: &'h http::HeaderMap,
     name: &http::HeaderName,
 ) -> Option<&'h http::HeaderValue> {
-    if headers.len() <= 8 {
-        headers.iter().find_map(|(k, v)| (k == name).then_some(v))
-    } else {
+    if has(headers, name) {
         headers.get(name)
+    } else {
+        None
     }
 }
 
