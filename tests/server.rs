@@ -315,6 +315,51 @@ async fn keep_alive_reuses_one_connection_across_kinds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_handler_left_unread_is_discarded_and_the_connection_kept() {
+    let (probe, _rx) = Probe::new();
+    let serving = start(test_server(&probe)).await;
+    let addr = serving.local_addr().unwrap();
+    let mut conn = Conn::open(addr, Proto::H1).await;
+    for path in ["/s/hello", "/a/hello"] {
+        // The handler answers before any of the body was sent, and never reads it.
+        let (tx, body) = channel();
+        let req = conn.request(Method::POST, path).body(body).unwrap();
+        let r = conn.fetch(req).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        for _ in 0..3 {
+            tx.send(Bytes::from(vec![b'x'; 1000])).await.unwrap();
+        }
+        drop(tx);
+        let r = conn.get(path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+    assert!(!conn.is_closed());
+
+    // Too much left unread: the server gives up on it and the connection closes after the
+    // response, as it does for a body declared longer than the server reads.
+    for declared in [false, true] {
+        let mut conn = Conn::open(addr, Proto::H1).await;
+        let (tx, body) = channel();
+        let mut req = conn.request(Method::POST, "/s/hello");
+        if declared {
+            req = req.header(http::header::CONTENT_LENGTH, 1024 * 1024);
+        }
+        let r = conn.fetch(req.body(body).unwrap()).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let feed = tokio::spawn(async move {
+            for _ in 0..if declared { 0 } else { 64 } {
+                if tx.send(Bytes::from(vec![b'x'; 16 * 1024])).await.is_err() {
+                    break;
+                }
+            }
+        });
+        conn.closed().await;
+        feed.abort();
+    }
+    serving.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_sets_root_path_and_falls_back_to_404() {
     let (probe, _rx) = Probe::new();
     let serving = start(test_server(&probe)).await;

@@ -33,6 +33,7 @@
 
 mod app;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
@@ -102,7 +103,10 @@ fn main() -> ExitCode {
                 println!("listening on {scheme}://{addr}");
                 if !opts.no_metrics {
                     // On stderr: stdout is one line, and whoever reads it may close it after.
-                    eprintln!(
+                    // Written, not `eprintln!`: with stderr closed, that panics and would
+                    // take the supervisor (and so its workers) down.
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "metrics at {scheme}://{addr}/metrics, migration report at {scheme}://{addr}/_amphi/report"
                     );
                 }
@@ -124,7 +128,7 @@ fn main() -> ExitCode {
                 msg.push_str(&format!(": {s}"));
                 source = s.source();
             }
-            eprintln!("mixed: {msg}");
+            let _ = writeln!(std::io::stderr(), "mixed: {msg}");
             ExitCode::FAILURE
         }
     }

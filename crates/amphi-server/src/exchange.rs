@@ -390,10 +390,17 @@ pub(crate) struct IncomingSource {
     /// The request's token, flipped when the body breaks (the client went away).
     token: CancellationToken,
     clock: Option<RateClock>,
+    /// HTTP/1.1: a body left unread is read to its end and thrown away (see [`discard`]).
+    http1: bool,
 }
 
 impl IncomingSource {
-    pub(crate) fn new(body: Incoming, limit: u64, token: CancellationToken) -> IncomingSource {
+    pub(crate) fn new(
+        body: Incoming,
+        limit: u64,
+        token: CancellationToken,
+        version: http::Version,
+    ) -> IncomingSource {
         IncomingSource {
             body: Some(body),
             limit,
@@ -401,6 +408,7 @@ impl IncomingSource {
             state: Reading::Body,
             token,
             clock: None,
+            http1: version < http::Version::HTTP_2,
         }
     }
 
@@ -512,4 +520,56 @@ impl IncomingSource {
         self.state = state;
         self.body = None;
     }
+}
+
+/// A handler that answers without reading all of its request body leaves the rest on the
+/// connection. hyper closes an HTTP/1.1 connection whose body is dropped unread unless the
+/// rest has already arrived, so whether the client's next request finds it open would
+/// depend on timing. Like nginx, the server reads the rest and throws it away, so the
+/// connection stays open; a body whose rest passes [`DISCARD_LIMIT`], or that takes longer
+/// than [`DISCARD_TIME`], is dropped and the connection closes after its response.
+/// (HTTP/2 needs none of this: dropping a stream's body resets that stream alone.)
+impl Drop for IncomingSource {
+    fn drop(&mut self) {
+        if self.http1 && self.state == Reading::Body {
+            if let Some(body) = self.body.take() {
+                discard(body);
+            }
+        }
+    }
+}
+
+/// The most of an unread request body the server reads to keep its connection open.
+const DISCARD_LIMIT: u64 = 256 * 1024;
+
+/// The longest the server waits for the rest of an unread request body.
+const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// Reads the rest of `body` and throws it away, in a task of its own: see
+/// [`IncomingSource`]'s `Drop`.
+#[cold]
+fn discard(body: Incoming) {
+    if body.is_end_stream() || body.size_hint().lower() > DISCARD_LIMIT {
+        return;
+    }
+    // Dropped where no runtime is current (never on the server's own threads): hyper closes.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut body = std::pin::pin!(body);
+        let mut left = DISCARD_LIMIT;
+        let read = async {
+            while let Some(Ok(frame)) =
+                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+            {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                match left.checked_sub(len) {
+                    Some(rest) => left = rest,
+                    None => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_TIME, read).await;
+    });
 }

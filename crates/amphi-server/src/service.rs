@@ -131,7 +131,8 @@ impl ConnService {
             return ResponseFuture::ready(too_large(), record);
         }
         // HTTP/2 streams run on tasks of their own, away from the connection's watchdog.
-        let cross_task = req.version() == http::Version::HTTP_2;
+        let version = req.version();
+        let cross_task = version == http::Version::HTTP_2;
         let (mut parts, body) = req.into_parts();
         let info = self.info(route, &mut parts, !is_service, forwarded);
         let drain = self
@@ -177,7 +178,7 @@ impl ConnService {
         }
         let context = scope.context().clone();
         let exchange = Arc::new(Exchange::with_body(
-            IncomingSource::new(body, app.max_body, context.token().clone())
+            IncomingSource::new(body, app.max_body, context.token().clone(), version)
                 .with_rate(app.body_rate),
         ));
         let receive = Receiver::shared(exchange.clone());
