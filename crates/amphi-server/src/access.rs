@@ -57,6 +57,39 @@ pub(crate) struct AccessRecord {
     logs: bool,
 }
 
+/// Whether the access log is wanted at all (its `warn` lines; its `info` lines are checked
+/// when written). `tracing::enabled!` asks the subscriber every time, which with
+/// `tracing-subscriber`'s `EnvFilter` costs more than a hundred instructions a request; this
+/// reads what the subscriber said of the callsite when it was registered, as the event
+/// macros do, and asks only when that was "sometimes". tracing updates the answer when the
+/// subscriber or its filter changes.
+fn logging() -> bool {
+    use tracing_core::callsite::DefaultCallsite;
+    use tracing_core::{field::FieldSet, metadata::Kind, Level, Metadata};
+    static META: Metadata<'static> = Metadata::new(
+        "access log enabled",
+        "amphi::access",
+        Level::WARN,
+        Some(file!()),
+        Some(line!()),
+        Some(module_path!()),
+        FieldSet::new(&[], tracing_core::identify_callsite!(&CALLSITE)),
+        Kind::HINT,
+    );
+    static CALLSITE: DefaultCallsite = DefaultCallsite::new(&META);
+    if !tracing::level_enabled!(Level::WARN) {
+        return false;
+    }
+    let interest = CALLSITE.interest();
+    if interest.is_always() {
+        true
+    } else if interest.is_never() {
+        false
+    } else {
+        tracing::dispatcher::get_default(|d| d.enabled(&META))
+    }
+}
+
 impl AccessRecord {
     pub(crate) fn new(
         conn: Arc<ConnState>,
@@ -75,8 +108,7 @@ impl AccessRecord {
             version,
             kind,
             forwarded,
-            started: tracing::enabled!(target: "amphi::access", tracing::Level::WARN)
-                .then(Instant::now),
+            started: logging().then(Instant::now),
             status: None,
             bytes: 0,
             outcome: Outcome::Running,
@@ -251,5 +283,33 @@ impl HandlerKind {
             HandlerKind::Service => "tower",
             HandlerKind::None => "none",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logging;
+    use tracing_subscriber::filter::EnvFilter;
+
+    fn with_filter(directives: &str) -> bool {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new(directives))
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, logging)
+    }
+
+    #[test]
+    fn the_access_log_is_wanted_as_the_current_subscriber_says() {
+        assert!(!logging(), "no subscriber");
+        assert!(with_filter("warn"));
+        assert!(with_filter("info"));
+        assert!(with_filter("error,amphi::access=warn"));
+        assert!(!with_filter("error"));
+        assert!(!with_filter("info,amphi::access=off"));
+        // The answers follow each change of subscriber, back and forth.
+        assert!(with_filter("warn"));
+        assert!(!with_filter("off"));
+        assert!(!logging(), "no subscriber again");
     }
 }

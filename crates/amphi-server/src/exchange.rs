@@ -531,8 +531,10 @@ impl IncomingSource {
 /// (HTTP/2 needs none of this: dropping a stream's body resets that stream alone.)
 impl Drop for IncomingSource {
     fn drop(&mut self) {
+        // Checked here, not in `discard`: most bodies left are empty (an async handler's
+        // GET), and those need no call.
         if self.http1 && self.state == Reading::Body {
-            if let Some(body) = self.body.take() {
+            if let Some(body) = self.body.take().filter(|b| !b.is_end_stream()) {
                 discard(body);
             }
         }
@@ -549,7 +551,7 @@ const DISCARD_TIME: Duration = Duration::from_secs(5);
 /// [`IncomingSource`]'s `Drop`.
 #[cold]
 fn discard(body: Incoming) {
-    if body.is_end_stream() || body.size_hint().lower() > DISCARD_LIMIT {
+    if body.size_hint().lower() > DISCARD_LIMIT {
         return;
     }
     // Dropped where no runtime is current (never on the server's own threads): hyper closes.
