@@ -30,10 +30,16 @@ async fn start(flags: &[&str]) -> Supervised {
 /// Starts the supervisor; its log is kept when `keep_log`, else its stderr is closed once it
 /// listens (whoever read the logs is gone: every log line then fails to be written).
 async fn launch(flags: &[&str], keep_log: bool) -> Supervised {
+    launch_with_env(flags, keep_log, &[]).await
+}
+
+/// [`launch`], with these environment variables set for the supervisor.
+async fn launch_with_env(flags: &[&str], keep_log: bool, env: &[(&str, &str)]) -> Supervised {
     let mut child = tokio::process::Command::new(mixed_binary())
         .args(["--bind", "127.0.0.1:0", "--grace-ms", "5000"])
         .args(flags)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // A process group of its own, as a service manager or a terminal gives it: signals
@@ -427,4 +433,56 @@ async fn a_sighup_to_the_whole_process_group_kills_no_worker() {
         "a worker died of the SIGHUP:\n{}",
         s.log.lock().unwrap().join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_sweeps_the_control_directories_killed_supervisors_left() {
+    let tmp = std::env::temp_dir().join(format!("amphi-sweep-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).unwrap();
+    // A supervisor SIGKILLed leaves its directory and socket file behind.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let stale = tmp.join(format!("amphi-{dead_pid}-0"));
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("control.sock"), b"").unwrap();
+    // Left alone: a live process's, one holding something else, and a name not of this form.
+    let live = tmp.join(format!("amphi-{}-0", std::process::id()));
+    std::fs::create_dir(&live).unwrap();
+    let other = tmp.join(format!("amphi-{dead_pid}-1"));
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"mine").unwrap();
+    let unrelated = tmp.join("amphi-cache");
+    std::fs::create_dir(&unrelated).unwrap();
+
+    let s = launch_with_env(
+        &["--workers", "1"],
+        true,
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(s.pids(2).await.len(), 1);
+    assert!(!stale.exists(), "the dead supervisor's directory is gone");
+    assert!(live.exists() && other.join("notes.txt").exists() && unrelated.exists());
+    // The supervisor's own directory is there while it runs, and gone after it.
+    let own = |tmp: &std::path::Path| {
+        std::fs::read_dir(tmp)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name().to_string_lossy() == format!("amphi-{}-0", s.child.id().unwrap())
+            })
+            .count()
+    };
+    assert_eq!(own(&tmp), 1);
+    let pid = s.child.id().unwrap();
+    let mut s = s;
+    s.signal("TERM");
+    let status = within("the supervisor to exit", s.child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!tmp.join(format!("amphi-{pid}-0")).exists());
+    std::fs::remove_dir_all(&tmp).unwrap();
 }

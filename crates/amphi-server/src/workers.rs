@@ -5,7 +5,9 @@
 //! exist), and never accepts a connection itself. Each worker gets the listening socket as its
 //! standard input (the inetd convention: one accept queue shared by every worker, so a worker
 //! that drains or dies loses no queued connection, which one `SO_REUSEPORT` socket per worker
-//! would) and talks to the supervisor over a unix socket in a private directory: `hello`,
+//! would) and talks to the supervisor over a unix socket in a private directory
+//! (`$TMPDIR/amphi-PID-N`, removed when the supervisor ends; one left by a supervisor that was
+//! killed outright is removed by the next supervisor to start): `hello`,
 //! `ready` once its lifespan startup ran and it serves, `failed` when it cannot start, a
 //! `beat` every second with the requests it served; the supervisor sends `drain`.
 //!
@@ -424,19 +426,69 @@ impl Drop for ControlDir {
     }
 }
 
-/// A private directory for the control socket: only this user may connect.
+/// A private directory for the control socket: only this user may connect. Directories
+/// that supervisors killed outright (SIGKILL, a crash) left behind are swept first.
 fn control_dir() -> io::Result<ControlDir> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::temp_dir();
     for attempt in 0..100u32 {
         let dir = base.join(format!("amphi-{}-{attempt}", std::process::id()));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(ControlDir(dir)),
+            Ok(()) => {
+                sweep_stale_control_dirs(&base, &dir);
+                return Ok(ControlDir(dir));
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     }
     Err(io::Error::other("no free control directory name"))
+}
+
+/// Removes the control directories in `base` of supervisors that are gone: named as
+/// [`control_dir`] names them, owned by the owner of `ours` (just made), holding nothing but
+/// a control socket, and whose process no longer exists. Linux only (`/proc` says which
+/// processes exist); anything unexpected is left alone.
+fn sweep_stale_control_dirs(base: &Path, ours: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let proc = Path::new("/proc");
+    let (Ok(mine), true) = (std::fs::metadata(ours), proc.join("self").exists()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("amphi-"))
+            .and_then(|n| n.split_once('-'))
+            .filter(|(pid, n)| n.parse::<u32>().is_ok() && pid.parse::<u32>().is_ok())
+            .map(|(pid, _)| pid)
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let owned =
+            std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == mine.uid());
+        if !owned || proc.join(pid).exists() {
+            continue;
+        }
+        let only_a_socket = std::fs::read_dir(&path).is_ok_and(|mut inside| {
+            inside.all(|e| e.is_ok_and(|e| e.file_name() == "control.sock"))
+        });
+        if only_a_socket {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "removed a stale control directory")
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "could not remove a stale control directory")
+                }
+            }
+        }
+    }
 }
 
 /// What happens to a worker, as the supervisor hears it.
