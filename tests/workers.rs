@@ -97,6 +97,14 @@ impl Supervised {
         r.json()["pid"].as_u64().expect("a pid") as u32
     }
 
+    /// The runtime threads of the process that serves one request.
+    async fn runtime_threads(&self) -> usize {
+        let r = get(self.addr, Proto::H1, "/sync/info").await;
+        r.json()["runtime_threads"]
+            .as_u64()
+            .expect("a thread count") as usize
+    }
+
     /// The pids seen over `n` requests.
     async fn pids(&self, n: usize) -> BTreeSet<u32> {
         let mut seen = BTreeSet::new();
@@ -315,9 +323,26 @@ async fn sigttin_adds_a_worker_and_sigttou_removes_one() {
     let s = start(&["--workers", "1"]).await;
     let one = s.pids(5).await;
     assert_eq!(one.len(), 1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        s.runtime_threads().await,
+        cores,
+        "one worker takes every core"
+    );
     s.signal("TTIN");
-    until_a_new_worker_answers(&s, &one).await;
+    let added = until_a_new_worker_answers(&s, &one).await;
     eventually("two workers", || s.log_has("SIGTTIN: one more worker")).await;
+    // The worker started for the new count takes its share of the cores.
+    let threads = within("the new worker to answer again", async {
+        loop {
+            let r = get(s.addr, Proto::H1, "/sync/info").await;
+            if r.json()["pid"].as_u64() == Some(u64::from(added)) {
+                break r.json()["runtime_threads"].as_u64().unwrap() as usize;
+            }
+        }
+    })
+    .await;
+    assert_eq!(threads, (cores / 2).max(1));
     s.signal("TTOU");
     let first = *one.iter().next().unwrap();
     // The oldest goes.

@@ -340,6 +340,10 @@ fn info_json(scope: &HttpScope) -> Bytes {
         "server": scope.server().map(|a| a.to_string()),
         "headers": headers,
         "pid": std::process::id(),
+        // The runtime's worker threads: a worker process takes its share of the cores.
+        "runtime_threads": tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|h| h.metrics().num_workers()),
     });
     Bytes::from(value.to_string())
 }

@@ -54,6 +54,9 @@ use crate::{ServeError, Server};
 const ENV_ID: &str = "AMPHI_WORKER_ID";
 /// The supervisor's control socket, for a worker.
 const ENV_CONTROL: &str = "AMPHI_WORKER_CONTROL";
+/// How many workers the supervisor keeps when it starts a worker (`SIGTTIN` and `SIGTTOU`
+/// change it), for [`Workers::threads_per_worker`].
+const ENV_COUNT: &str = "AMPHI_WORKER_COUNT";
 
 /// How a worker's beats are spaced.
 const BEAT: Duration = Duration::from_secs(1);
@@ -126,9 +129,16 @@ impl Workers {
     /// parallelism divided among the workers, at least 1. Workers that each start a thread
     /// per core (tokio's default) take turns on the cores instead of using them; a `main`
     /// that builds its runtime can size it with this when [`is_worker`] says it is a worker.
+    /// In a worker, the count is the supervisor's when it started that worker, so workers
+    /// started after a `SIGTTIN` or `SIGTTOU` take their share of the new count.
     pub fn threads_per_worker(&self) -> usize {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / self.count).max(1)
+        let count = std::env::var(ENV_COUNT)
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n > 0 && is_worker())
+            .unwrap_or(self.count);
+        (cores / count).max(1)
     }
 
     /// Recycles a worker after it served `requests` requests plus a random `0..=jitter` more
@@ -638,6 +648,7 @@ impl Supervisor {
             .args(&self.args)
             .env(ENV_ID, id.to_string())
             .env(ENV_CONTROL, &self.control_path)
+            .env(ENV_COUNT, self.plan.count.to_string())
             .stdin(stdin)
             .kill_on_drop(true)
             .spawn();
