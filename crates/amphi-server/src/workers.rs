@@ -389,7 +389,7 @@ pub(crate) async fn supervise(
         events: mpsc::unbounded_channel(),
         first_ready: Some(ready_tx),
         ever_ready: false,
-        failures: 0,
+        backoff: Backoff::default(),
         respawn_at: None,
         reload: Vec::new(),
         giving_up: None,
@@ -501,6 +501,32 @@ fn sweep_stale_control_dirs(base: &Path, ours: &Path) {
     }
 }
 
+/// How long the supervisor waits before replacing a worker that died: 100 ms, doubling with
+/// each worker in a row that died young (within [`Backoff::YOUNG`] of its start, ready or
+/// not: a worker that crashes on its first requests loops as surely as one that crashes at
+/// startup), up to 10 s; a worker that lived longer starts the count again.
+#[derive(Debug, Default)]
+struct Backoff {
+    /// Workers in a row that died young.
+    young_deaths: u32,
+}
+
+impl Backoff {
+    const YOUNG: Duration = Duration::from_secs(10);
+
+    /// A worker died after living `age`: the wait before its replacement starts.
+    fn died(&mut self, age: Duration) -> Duration {
+        if age < Self::YOUNG {
+            self.young_deaths = self.young_deaths.saturating_add(1);
+        } else {
+            self.young_deaths = 0;
+        }
+        Duration::from_millis(100)
+            .saturating_mul(1 << self.young_deaths.min(7))
+            .min(Duration::from_secs(10))
+    }
+}
+
 /// What happens to a worker, as the supervisor hears it.
 enum Event {
     /// A worker's id, its pid, and the way to tell it things.
@@ -542,8 +568,7 @@ struct Supervisor {
     events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
     first_ready: Option<oneshot::Sender<Result<(), String>>>,
     ever_ready: bool,
-    /// Workers in a row that died young, for the back-off.
-    failures: u32,
+    backoff: Backoff,
     respawn_at: Option<Instant>,
     /// Workers still to replace in a rolling reload, one at a time.
     reload: Vec<u64>,
@@ -750,7 +775,6 @@ impl Supervisor {
                 c.last_beat = Instant::now();
                 tracing::info!(worker = id, pid = c.pid, "worker ready");
                 self.ever_ready = true;
-                self.failures = 0;
                 if let Some(tx) = self.first_ready.take() {
                     let _ = tx.send(Ok(()));
                 }
@@ -811,12 +835,8 @@ impl Supervisor {
                             Some((Instant::now() + Duration::from_millis(500), message));
                         return Ok(());
                     }
-                    if c.started.elapsed() < Duration::from_secs(10) {
-                        self.failures += 1;
-                    }
-                    let delay = Duration::from_millis(100)
-                        .saturating_mul(1 << self.failures.min(7))
-                        .min(Duration::from_secs(10));
+                    let delay = self.backoff.died(c.started.elapsed());
+                    tracing::debug!(worker = id, ?delay, "respawning after a back-off");
                     self.respawn_at = Some(Instant::now() + delay);
                 }
                 // The worker it was to replace stays until a replacement is ready.
@@ -1059,6 +1079,31 @@ fn random_below(n: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_back_off_grows_with_young_deaths_ready_or_not_and_resets_after_an_old_one() {
+        let mut b = Backoff::default();
+        let young = Duration::from_secs(2);
+        let waits: Vec<Duration> = (0..9).map(|_| b.died(young)).collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            waits,
+            [
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(3200),
+                ms(6400),
+                ms(10_000),
+                ms(10_000),
+                ms(10_000)
+            ]
+        );
+        // A worker that served for a while before dying is not part of a crash loop.
+        assert_eq!(b.died(Backoff::YOUNG), ms(100));
+        assert_eq!(b.died(young), ms(200));
+    }
 
     #[test]
     fn workers_share_the_cores_and_never_get_zero_threads() {
