@@ -73,7 +73,7 @@ pub const DEFAULT_DRAIN_DELAY: Duration = Duration::ZERO;
 /// | more than [`max_headers`](Server::max_headers) headers, or a head over [`max_header_bytes`](Server::max_header_bytes) | `431 Request Header Fields Too Large` |
 /// | a body over [`max_body_bytes`](Server::max_body_bytes), by its `Content-Length` | `413` before the handler is called |
 /// | a chunked body passing the limit | the handler's reads fail; `413` if its response has not started, else the connection is cut |
-/// | a body the handler answers without reading (HTTP/1.1) | the server reads the rest, up to 256 KiB within 5 s, and throws it away so the connection stays open; past that the connection closes after the response |
+/// | a body the handler answers without reading (HTTP/1.1) | the server reads the rest, up to 256 KiB (and the body limit) within 5 s, and throws it away so the connection stays open; past that, or with `Expect: 100-continue` (the client is never asked for it), the connection closes after the response |
 /// | a body trickling in slower than [`min_body_rate`](Server::min_body_rate), or stalled | the handler's reads fail with a timeout; `408` if it gives up before its response started |
 /// | a streamed response taken slower than [`min_response_rate`](Server::min_response_rate), or not read at all for [`response_stall_timeout`](Server::response_stall_timeout) | the connection is cut; the handler is dropped and its token flips |
 /// | every blocking slot busy for [`queue_timeout`](Server::queue_timeout) | `503` with `Retry-After: 1` (sync handlers only) |

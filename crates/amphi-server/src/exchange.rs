@@ -390,8 +390,9 @@ pub(crate) struct IncomingSource {
     /// The request's token, flipped when the body breaks (the client went away).
     token: CancellationToken,
     clock: Option<RateClock>,
-    /// HTTP/1.1: a body left unread is read to its end and thrown away (see [`discard`]).
-    http1: bool,
+    /// A body left unread is read to its end and thrown away (see [`discard`]): HTTP/1.1
+    /// requests whose connection can stay open.
+    discard_unread: bool,
 }
 
 impl IncomingSource {
@@ -399,7 +400,7 @@ impl IncomingSource {
         body: Incoming,
         limit: u64,
         token: CancellationToken,
-        version: http::Version,
+        discard_unread: bool,
     ) -> IncomingSource {
         IncomingSource {
             body: Some(body),
@@ -408,7 +409,7 @@ impl IncomingSource {
             state: Reading::Body,
             token,
             clock: None,
-            http1: version < http::Version::HTTP_2,
+            discard_unread,
         }
     }
 
@@ -527,15 +528,21 @@ impl IncomingSource {
 /// rest has already arrived, so whether the client's next request finds it open would
 /// depend on timing. Like nginx, the server reads the rest and throws it away, so the
 /// connection stays open; a body whose rest passes [`DISCARD_LIMIT`], or that takes longer
-/// than [`DISCARD_TIME`], is dropped and the connection closes after its response.
-/// (HTTP/2 needs none of this: dropping a stream's body resets that stream alone.)
+/// than [`DISCARD_TIME`], is dropped and the connection closes after its response. Not done
+/// where the connection closes anyway (`Connection: close`, HTTP/1.0) or the client waits to
+/// be asked for its body (`Expect: 100-continue`: reading would ask for it). HTTP/2 needs none
+/// of this: dropping a stream's body resets that stream alone.
 impl Drop for IncomingSource {
     fn drop(&mut self) {
         // Checked here, not in `discard`: most bodies left are empty (an async handler's
         // GET), and those need no call.
-        if self.http1 && self.state == Reading::Body {
+        if self.discard_unread && self.state == Reading::Body {
             if let Some(body) = self.body.take().filter(|b| !b.is_end_stream()) {
-                discard(body);
+                // Never more than the body limit allows.
+                discard(
+                    body,
+                    DISCARD_LIMIT.min(self.limit.saturating_sub(self.received)),
+                );
             }
         }
     }
@@ -550,8 +557,8 @@ const DISCARD_TIME: Duration = Duration::from_secs(5);
 /// Reads the rest of `body` and throws it away, in a task of its own: see
 /// [`IncomingSource`]'s `Drop`.
 #[cold]
-fn discard(body: Incoming) {
-    if body.size_hint().lower() > DISCARD_LIMIT {
+fn discard(body: Incoming, limit: u64) {
+    if body.size_hint().lower() > limit {
         return;
     }
     // Dropped where no runtime is current (never on the server's own threads): hyper closes.
@@ -560,7 +567,7 @@ fn discard(body: Incoming) {
     };
     runtime.spawn(async move {
         let mut body = std::pin::pin!(body);
-        let mut left = DISCARD_LIMIT;
+        let mut left = limit;
         let read = async {
             while let Some(Ok(frame)) =
                 std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
