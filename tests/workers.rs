@@ -466,15 +466,25 @@ async fn a_supervisor_sweeps_the_control_directories_killed_supervisors_left() {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).unwrap();
     // A supervisor SIGKILLed leaves its directory and socket file behind.
-    let mut dead = std::process::Command::new("true").spawn().unwrap();
-    let dead_pid = dead.id();
-    dead.wait().unwrap();
+    // A pid no process can have: past the kernel's largest.
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dead_pid = pid_max + 1;
     let stale = tmp.join(format!("amphi-{dead_pid}-0"));
     std::fs::create_dir(&stale).unwrap();
-    std::fs::write(stale.join("control.sock"), b"").unwrap();
-    // Left alone: a live process's, one holding something else, and a name not of this form.
+    drop(std::os::unix::net::UnixListener::bind(stale.join("control.sock")).unwrap());
+    // Left alone: a live process's; one whose socket still answers though its pid is not
+    // here (a supervisor in another PID namespace sharing TMPDIR); one holding something
+    // else; and a name not of this form.
     let live = tmp.join(format!("amphi-{}-0", std::process::id()));
     std::fs::create_dir(&live).unwrap();
+    let elsewhere = tmp.join(format!("amphi-{dead_pid}-2"));
+    std::fs::create_dir(&elsewhere).unwrap();
+    let _listening =
+        std::os::unix::net::UnixListener::bind(elsewhere.join("control.sock")).unwrap();
     let other = tmp.join(format!("amphi-{dead_pid}-1"));
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("notes.txt"), b"mine").unwrap();
@@ -490,6 +500,7 @@ async fn a_supervisor_sweeps_the_control_directories_killed_supervisors_left() {
     assert_eq!(s.pids(2).await.len(), 1);
     assert!(!stale.exists(), "the dead supervisor's directory is gone");
     assert!(live.exists() && other.join("notes.txt").exists() && unrelated.exists());
+    assert!(elsewhere.join("control.sock").exists());
     // The supervisor's own directory is there while it runs, and gone after it.
     let own = |tmp: &std::path::Path| {
         std::fs::read_dir(tmp)

@@ -457,10 +457,12 @@ fn control_dir() -> io::Result<ControlDir> {
 
 /// Removes the control directories in `base` of supervisors that are gone: named as
 /// [`control_dir`] names them, owned by the owner of `ours` (just made), holding nothing but
-/// a control socket, and whose process no longer exists. Linux only (`/proc` says which
-/// processes exist); anything unexpected is left alone.
+/// a control socket that no one listens on any more, and whose process no longer exists.
+/// Both tests, because a `TMPDIR` shared between PID namespaces (containers) shows a live
+/// supervisor elsewhere as a pid that does not exist here, while its socket still answers.
+/// Linux only (`/proc` says which processes exist); anything unexpected is left alone.
 fn sweep_stale_control_dirs(base: &Path, ours: &Path) {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let proc = Path::new("/proc");
     let (Ok(mine), true) = (std::fs::metadata(ours), proc.join("self").exists()) else {
         return;
@@ -468,13 +470,14 @@ fn sweep_stale_control_dirs(base: &Path, ours: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("amphi-"))
             .and_then(|n| n.split_once('-'))
-            .filter(|(pid, n)| n.parse::<u32>().is_ok() && pid.parse::<u32>().is_ok())
+            .filter(|(pid, n)| digits(pid) && digits(n))
             .map(|(pid, _)| pid)
         else {
             continue;
@@ -485,17 +488,27 @@ fn sweep_stale_control_dirs(base: &Path, ours: &Path) {
         if !owned || proc.join(pid).exists() {
             continue;
         }
-        let only_a_socket = std::fs::read_dir(&path).is_ok_and(|mut inside| {
-            inside.all(|e| e.is_ok_and(|e| e.file_name() == "control.sock"))
-        });
-        if only_a_socket {
+        let socket = path.join("control.sock");
+        let only_a_socket = std::fs::read_dir(&path).is_ok_and(|inside| {
+            let names: Vec<_> = inside.flatten().map(|e| e.file_name()).collect();
+            names.len() == 1 && names[0] == "control.sock"
+        }) && std::fs::symlink_metadata(&socket)
+            .is_ok_and(|m| m.file_type().is_socket());
+        // Refused: nothing listens there. Anything else (it answered, or a permission or
+        // other error) leaves the directory alone.
+        let unheard = only_a_socket
+            && std::os::unix::net::UnixStream::connect(&socket)
+                .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused);
+        if unheard {
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => {
                     tracing::debug!(path = %path.display(), "removed a stale control directory")
                 }
-                Err(e) => {
-                    tracing::debug!(path = %path.display(), error = %e, "could not remove a stale control directory")
-                }
+                Err(e) => tracing::debug!(
+                    path = %path.display(),
+                    error = %e,
+                    "could not remove a stale control directory"
+                ),
             }
         }
     }
@@ -504,7 +517,8 @@ fn sweep_stale_control_dirs(base: &Path, ours: &Path) {
 /// How long the supervisor waits before replacing a worker that died: 100 ms, doubling with
 /// each worker in a row that died young (within [`Backoff::YOUNG`] of its start, ready or
 /// not: a worker that crashes on its first requests loops as surely as one that crashes at
-/// startup), up to 10 s; a worker that lived longer starts the count again.
+/// startup), up to 10 s; a worker that lives longer (its beats say so, or its death)
+/// starts the count again.
 #[derive(Debug, Default)]
 struct Backoff {
     /// Workers in a row that died young.
@@ -513,6 +527,14 @@ struct Backoff {
 
 impl Backoff {
     const YOUNG: Duration = Duration::from_secs(10);
+
+    /// A worker has served past [`Backoff::YOUNG`]: whatever died before it, the workers are
+    /// not in a crash loop now.
+    fn lived(&mut self, age: Duration) {
+        if age >= Self::YOUNG {
+            self.young_deaths = 0;
+        }
+    }
 
     /// A worker died after living `age`: the wait before its replacement starts.
     fn died(&mut self, age: Duration) -> Duration {
@@ -799,6 +821,9 @@ impl Supervisor {
             Event::Beat(id, served) => {
                 if let Some(c) = self.children.get_mut(&id) {
                     c.last_beat = Instant::now();
+                    if c.ready {
+                        self.backoff.lived(c.started.elapsed());
+                    }
                     if c.request_budget.is_some_and(|b| served >= b)
                         && c.replaced_by.is_none()
                         && !c.draining
@@ -1102,6 +1127,16 @@ mod tests {
         );
         // A worker that served for a while before dying is not part of a crash loop.
         assert_eq!(b.died(Backoff::YOUNG), ms(100));
+        assert_eq!(b.died(young), ms(200));
+        assert_eq!(b.died(young), ms(400));
+        // Nor is one that dies young after another has been serving for a while.
+        b.lived(young);
+        assert_eq!(
+            b.died(young),
+            ms(800),
+            "a young worker's beat resets nothing"
+        );
+        b.lived(Backoff::YOUNG);
         assert_eq!(b.died(young), ms(200));
     }
 
