@@ -105,6 +105,20 @@ impl Supervised {
             .expect("a thread count") as usize
     }
 
+    /// The pids seen until `n` different processes have answered, each request on a
+    /// connection of its own: workers that are still starting (the supervisor listens once
+    /// the first is ready), or that a loaded machine schedules late, get their turn.
+    async fn workers(&self, n: usize) -> BTreeSet<u32> {
+        within(&format!("{n} workers to answer"), async {
+            let mut seen = BTreeSet::new();
+            while seen.len() < n {
+                seen.insert(self.pid().await);
+            }
+            seen
+        })
+        .await
+    }
+
     /// The pids seen over `n` requests.
     async fn pids(&self, n: usize) -> BTreeSet<u32> {
         let mut seen = BTreeSet::new();
@@ -165,7 +179,7 @@ fn load(
 async fn workers_serve_with_pids_of_their_own_and_sigterm_drains_and_exits_0() {
     let mut s = start(&["--workers", "2"]).await;
     let supervisor = s.child.id().unwrap();
-    let pids = s.pids(20).await;
+    let pids = s.workers(2).await;
     assert_eq!(pids.len(), 2, "two workers answered: {pids:?}");
     assert!(!pids.contains(&supervisor), "the supervisor serves nothing");
     // The access log says which worker served.
@@ -235,7 +249,7 @@ async fn until_a_new_worker_answers(s: &Supervised, old: &BTreeSet<u32>) -> u32 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_is_replaced_and_the_server_keeps_answering() {
     let s = start(&["--workers", "2"]).await;
-    let before = s.pids(20).await;
+    let before = s.workers(2).await;
     assert_eq!(before.len(), 2);
     let victim = *before.iter().next().unwrap();
     signal(&victim.to_string(), "KILL");
@@ -252,7 +266,7 @@ async fn a_killed_worker_is_replaced_and_the_server_keeps_answering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_stops_beating_is_killed_and_replaced() {
     let s = start(&["--workers", "2", "--heartbeat-timeout-ms", "2000"]).await;
-    let before = s.pids(20).await;
+    let before = s.workers(2).await;
     let stuck = *before.iter().next().unwrap();
     // A stopped process keeps its sockets but runs nothing: no beats, no accepts.
     signal(&stuck.to_string(), "STOP");
@@ -295,7 +309,7 @@ async fn max_requests_recycles_workers_under_load_with_no_failed_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_replaces_every_worker_under_load_with_no_failed_request() {
     let s = start(&["--workers", "2"]).await;
-    let before = s.pids(20).await;
+    let before = s.workers(2).await;
     assert_eq!(before.len(), 2);
     let stop = Arc::new(AtomicBool::new(false));
     let running = load(s.addr, 4, stop.clone());
@@ -310,7 +324,7 @@ async fn sighup_replaces_every_worker_under_load_with_no_failed_request() {
     stop.store(true, Ordering::SeqCst);
     let (requests, _) = within("the load", running).await.unwrap();
     assert!(requests > 0);
-    let after = s.pids(20).await;
+    let after = s.workers(2).await;
     assert_eq!(after.len(), 2, "two workers again: {after:?}");
     assert!(
         after.is_disjoint(&before),
@@ -430,7 +444,7 @@ async fn each_worker_labels_its_metrics_with_its_id() {
 async fn workers_serve_with_stderr_gone_and_exit_when_their_supervisor_is_killed() {
     let mut s = launch(&["--workers", "2"], false).await;
     // Every request answers 200 although its access line cannot be written.
-    let pids = s.pids(20).await;
+    let pids = s.workers(2).await;
     assert_eq!(pids.len(), 2, "{pids:?}");
     // SIGKILL: the supervisor tells nobody anything.
     s.signal("KILL");
@@ -443,7 +457,7 @@ async fn workers_serve_with_stderr_gone_and_exit_when_their_supervisor_is_killed
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sighup_to_the_whole_process_group_kills_no_worker() {
     let s = start(&["--workers", "2"]).await;
-    let before = s.pids(20).await;
+    let before = s.workers(2).await;
     assert_eq!(before.len(), 2, "{before:?}");
     // What a terminal hangup or `systemctl kill -s HUP` does: every process of the group.
     signal(&format!("-{}", s.child.id().unwrap()), "HUP");
