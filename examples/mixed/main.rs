@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     let inherited = match inherited_listener(&opts) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("mixed: {e}");
+            let _ = writeln!(std::io::stderr(), "mixed: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -548,6 +548,17 @@ impl Drop for IncomingSource {
     }
 }
 
+/// Whether what a handler leaves unread of a request's body is read and thrown away so the
+/// connection stays open (see `IncomingSource`'s `Drop`): HTTP/1.1 only, and not when the
+/// connection closes after this request anyway (`Connection: close`) or the client waits to
+/// be asked for its body (`Expect: 100-continue`: reading it would ask for what the handler
+/// did not want).
+pub(crate) fn discards_unread(version: http::Version, headers: &HeaderMap) -> bool {
+    version == http::Version::HTTP_11
+        && !crate::reply::has(headers, &http::header::EXPECT)
+        && !crate::reply::has_token(headers, &http::header::CONNECTION, "close")
+}
+
 /// The most of an unread request body the server reads to keep its connection open.
 const DISCARD_LIMIT: u64 = 256 * 1024;
 

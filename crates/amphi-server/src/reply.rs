@@ -55,6 +55,16 @@ pub(crate) fn get<'h>(
     }
 }
 
+/// Whether any `name` header in `headers` lists `token` in its comma-separated value
+/// (case-insensitive), as `Connection: keep-alive, Upgrade` lists `upgrade`.
+pub(crate) fn has_token(headers: &http::HeaderMap, name: &http::HeaderName, token: &str) -> bool {
+    has(headers, name)
+        && headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+}
+
 /// The 500 for a handler whose `Content-Length` disagrees with its body.
 pub(crate) fn length_misuse(record: &AccessRecord, len: u64) -> Response<Bytes> {
     tracing::error!(

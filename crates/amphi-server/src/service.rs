@@ -178,7 +178,8 @@ impl ConnService {
         }
         let context = scope.context().clone();
         // Only for a body with something in it (never a GET's): two header scans.
-        let discard_unread = !body.is_end_stream() && discards_unread(version, scope.headers());
+        let discard_unread =
+            !body.is_end_stream() && crate::exchange::discards_unread(version, scope.headers());
         let exchange = Arc::new(Exchange::with_body(
             IncomingSource::new(body, app.max_body, context.token().clone(), discard_unread)
                 .with_rate(app.body_rate),
@@ -194,21 +195,6 @@ impl ConnService {
             drain,
         })
     }
-}
-
-/// Whether what a handler leaves unread of this request's body is read and thrown away so
-/// the connection stays open (see `IncomingSource`'s `Drop`): HTTP/1.1 only, and not when
-/// the connection closes after this request anyway (`Connection: close`) or the client waits
-/// to be asked for its body (`Expect: 100-continue`: reading it would ask for what the
-/// handler did not want).
-fn discards_unread(version: http::Version, headers: &http::HeaderMap) -> bool {
-    use http::header::{CONNECTION, EXPECT};
-    version == http::Version::HTTP_11
-        && !crate::reply::has(headers, &EXPECT)
-        && !crate::reply::get(headers, &CONNECTION).is_some_and(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-        })
 }
 
 impl ConnService {

@@ -198,21 +198,13 @@ pub(crate) fn handshake<B>(req: &Request<B>) -> Handshake {
     if !has(headers, &UPGRADE) {
         return Handshake::No;
     }
-    let wants = headers
-        .get_all(UPGRADE)
-        .iter()
-        .any(|v| token_in(v, "websocket"));
-    if !wants {
+    if !crate::reply::has_token(headers, &UPGRADE, "websocket") {
         return Handshake::No;
     }
     if req.method() != Method::GET {
         return Handshake::Bad("a websocket handshake must be a GET");
     }
-    if !headers
-        .get_all(CONNECTION)
-        .iter()
-        .any(|v| token_in(v, "upgrade"))
-    {
+    if !crate::reply::has_token(headers, &CONNECTION, "upgrade") {
         return Handshake::Bad("a websocket handshake needs Connection: upgrade");
     }
     if headers.get(SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
@@ -222,13 +214,6 @@ pub(crate) fn handshake<B>(req: &Request<B>) -> Handshake {
         Some(key) if !key.is_empty() => Handshake::H1(key.clone()),
         _ => Handshake::Bad("a websocket handshake needs Sec-WebSocket-Key"),
     }
-}
-
-/// Whether the comma-separated header value holds `token` (case-insensitive).
-fn token_in(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// The websocket sessions of one server: the cap, the shutdown signal and the tasks.
