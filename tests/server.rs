@@ -1126,3 +1126,83 @@ async fn a_sync_handler_reads_the_whole_body_however_it_arrives() {
     }
     within("shutdown", serving.shutdown()).await.unwrap();
 }
+
+/// A router whose handlers answer with bodies of every shape a connection writes: a small
+/// full body, and bodies of several chunks larger than the connection's write buffer.
+fn shapes_router() -> Router {
+    let sync_app = sync_fn(|req: SyncRequest| match req.path() {
+        "/small" => text("small sync"),
+        _ => {
+            let chunks = (0..3u8).map(|i| Bytes::from(vec![b'a' + i; 200 * 1024]));
+            http::Response::new(SyncBody::chunks(chunks))
+        }
+    });
+    let async_app = asgi_fn(|scope, _receive, mut send| async move {
+        let Scope::Http(scope) = scope else {
+            return Ok(());
+        };
+        if scope.path() == "/small" {
+            return respond(&mut send, StatusCode::OK, "small async").await;
+        }
+        send.send(Message::start(StatusCode::OK, HeaderMap::new()))
+            .await?;
+        for i in 0..3u8 {
+            send.send(Message::body(vec![b'a' + i; 200 * 1024], true))
+                .await?;
+        }
+        send.send(Message::body(Bytes::new(), false)).await
+    });
+    Router::new()
+        .mount_sync("/s", sync_app)
+        .mount_async("/a", async_app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flattened_writes_send_the_same_responses_as_vectored_ones() {
+    // Pipelined on one connection: small and large bodies of both kinds, the large ones in
+    // chunks bigger than the write buffer, then a request that closes the connection.
+    let request = b"GET /s/small HTTP/1.1\r\nhost: x\r\n\r\n\
+        GET /a/large HTTP/1.1\r\nhost: x\r\n\r\n\
+        GET /a/small HTTP/1.1\r\nhost: x\r\n\r\n\
+        GET /s/large HTTP/1.1\r\nhost: x\r\n\r\n\
+        GET /s/small HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let large: Vec<u8> = (0..3u8)
+        .flat_map(|i| std::iter::repeat_n(b'a' + i, 200 * 1024))
+        .collect();
+    let mut bodies = Vec::new();
+    for flatten in [false, true] {
+        let serving = start(Server::new(shapes_router()).flatten_writes(flatten)).await;
+        let addr = serving.local_addr().unwrap();
+        let (bytes, closed) = raw_exchange(addr, request, Duration::from_secs(10)).await;
+        assert!(
+            closed,
+            "flatten {flatten}: the last request closes the connection"
+        );
+        let (responses, rest) = parse_responses(&bytes, false);
+        assert_eq!(
+            responses.len(),
+            5,
+            "flatten {flatten}: every request answered"
+        );
+        assert!(
+            rest.is_empty(),
+            "flatten {flatten}: nothing after the answers"
+        );
+        let got: Vec<&[u8]> = responses.iter().map(|r| &r.body[..]).collect();
+        assert_eq!(got[0], b"small sync");
+        assert!(
+            got[1] == &large[..],
+            "flatten {flatten}: the async large body"
+        );
+        assert_eq!(got[2], b"small async");
+        assert!(
+            got[3] == &large[..],
+            "flatten {flatten}: the sync large body"
+        );
+        assert_eq!(got[4], b"small sync");
+        assert!(responses.iter().all(|r| r.status == 200));
+        bodies.push(got.iter().map(|b| b.to_vec()).collect::<Vec<_>>());
+        serving.shutdown().await.unwrap();
+    }
+    assert_eq!(bodies[0], bodies[1]);
+}

@@ -55,6 +55,8 @@ pub(crate) struct Options {
     pub(crate) root_path: Option<String>,
     /// `--no-metrics`
     pub(crate) no_metrics: bool,
+    /// `--flatten-writes`
+    pub(crate) flatten_writes: bool,
 }
 
 /// The command line, as clap reads it: durations in whole milliseconds, each default from the
@@ -71,7 +73,7 @@ pub(crate) struct Options {
                       [--queue-timeout-ms MS] [--max-body BYTES] [--header-timeout-ms MS] \
                       [--grace-ms MS] [--drain-delay-ms MS] [--workers N [--max-requests N] \
                       [--max-requests-jitter N] [--max-lifetime-secs SECS] [--max-rss-mb MB] \
-                      [--heartbeat-timeout-ms MS]] [--no-metrics]"
+                      [--heartbeat-timeout-ms MS]] [--no-metrics] [--flatten-writes]"
 )]
 struct Flags {
     /// The address to listen on (port 0: any free port; the chosen one is printed)
@@ -148,6 +150,9 @@ struct Flags {
     /// Serve without metrics, request spans and x-request-id (and without /metrics and /_amphi/report)
     #[arg(long)]
     no_metrics: bool,
+    /// Send each HTTP/1.1 response head and body with one write from one buffer (faster for small responses, slower for large ones)
+    #[arg(long)]
+    flatten_writes: bool,
 }
 
 fn trusted_proxies(value: &str) -> Result<amphi::server::TrustedProxies, String> {
@@ -226,6 +231,7 @@ impl Options {
             trusted_proxies: flags.trusted_proxies.unwrap_or_default(),
             root_path: flags.root_path,
             no_metrics: flags.no_metrics,
+            flatten_writes: flags.flatten_writes,
         })
     }
 
@@ -253,6 +259,7 @@ impl Options {
             .grace_period(self.grace)
             .drain_delay(self.drain_delay)
             .reuse_port(self.reuse_port)
+            .flatten_writes(self.flatten_writes)
             .trusted_proxies(self.trusted_proxies.clone());
         if let Some(prefix) = &self.root_path {
             server = server.root_path(prefix);

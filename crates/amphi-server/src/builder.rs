@@ -127,6 +127,7 @@ pub struct Server {
     header_read_timeout: Option<Duration>,
     max_headers: usize,
     max_header_bytes: usize,
+    flatten_writes: bool,
     max_connections: usize,
     grace_period: Duration,
     drain_delay: Duration,
@@ -156,6 +157,7 @@ impl fmt::Debug for Server {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("max_headers", &self.max_headers)
             .field("max_header_bytes", &self.max_header_bytes)
+            .field("flatten_writes", &self.flatten_writes)
             .field("max_connections", &self.max_connections)
             .field("grace_period", &self.grace_period)
             .field("drain_delay", &self.drain_delay)
@@ -193,6 +195,7 @@ impl Server {
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
             max_headers: DEFAULT_MAX_HEADERS,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            flatten_writes: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             grace_period: DEFAULT_GRACE_PERIOD,
             drain_delay: DEFAULT_DRAIN_DELAY,
@@ -405,6 +408,23 @@ impl Server {
     #[must_use]
     pub fn max_header_bytes(mut self, bytes: usize) -> Server {
         self.max_header_bytes = bytes.max(8192);
+        self
+    }
+
+    /// Whether HTTP/1.1 responses are copied into the connection's write buffer and sent with
+    /// one `write`, head and body together, instead of hyper's default on TCP and unix
+    /// sockets: the head in its buffer and each body chunk sent as it is, with one vectored
+    /// write (`writev`). Default `false`.
+    ///
+    /// Flattening saves hyper's queue of buffers, which costs more than copying a small body:
+    /// turn it on for a server whose responses are mostly a few KiB or less (API answers), and
+    /// leave it off for one that sends large bodies (downloads, big pages), where the copy costs
+    /// more than it saves. A flattening connection's write buffer grows to the largest body
+    /// chunk it has sent and keeps that size while the connection lives. docs/benchmarks.md
+    /// has the measurements. HTTP/2 is unchanged.
+    #[must_use]
+    pub fn flatten_writes(mut self, on: bool) -> Server {
+        self.flatten_writes = on;
         self
     }
 
@@ -738,6 +758,7 @@ impl Server {
                 header_read_timeout: self.header_read_timeout,
                 max_headers: self.max_headers,
                 max_header_bytes: self.max_header_bytes,
+                flatten_writes: self.flatten_writes,
             },
             max_connections: self.max_connections,
             grace_period: self.grace_period,

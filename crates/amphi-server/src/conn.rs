@@ -126,6 +126,7 @@ pub(crate) struct ConnSettings {
     pub(crate) header_read_timeout: Option<Duration>,
     pub(crate) max_headers: usize,
     pub(crate) max_header_bytes: usize,
+    pub(crate) flatten_writes: bool,
 }
 
 /// The header-count limit hyper applies when none is set (`DEFAULT_MAX_HEADERS` in its h1 role).
@@ -140,6 +141,9 @@ pub(crate) fn connection_builder(settings: ConnSettings) -> auto::Builder<TokioE
         // and register a timer for every request head.
         .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes);
+    if settings.flatten_writes {
+        builder.http1().writev(false);
+    }
     if settings.max_headers != HYPER_MAX_HEADERS {
         // hyper enforces its own default of 100 on an inline array; setting any limit, even
         // the same one, makes it allocate and fill two 100-entry buffers per request head.
