@@ -412,9 +412,9 @@ impl Server {
     }
 
     /// Whether HTTP/1.1 responses are copied into the connection's write buffer and sent with
-    /// one `write`, head and body together, instead of hyper's default on TCP and unix
-    /// sockets: the head in its buffer and each body chunk sent as it is, with one vectored
-    /// write (`writev`). Default `false`.
+    /// one `write`, head and body together, instead of hyper's default on every listener
+    /// (TCP, unix sockets, TLS): the head in its buffer and each body chunk sent as it is, with
+    /// one vectored write (`writev`). Default `false`.
     ///
     /// Flattening saves hyper's queue of buffers, which costs more than copying a small body:
     /// turn it on for a server whose responses are mostly a few KiB or less (API answers), and
